@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh --dev), install headless Chromium for the web UI test,
+# and run the whole test suite, slow end-to-end tests included.
+# Extra arguments go to pytest, e.g.  bash scripts/test.sh -m "not slow"
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev || exit 1
+if ! command -v chromium >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; browser tests will be skipped"
+fi
+.venv/bin/python -m pytest "$@"
+rc=$?
+# pytest exits 5 when it collected no test: that is a failure, not a pass.
+if [[ $rc -eq 5 ]]; then echo "no tests ran: failing"; exit 1; fi
+exit $rc

