@@ -61,6 +61,11 @@ class _Sampling:
         return cls(**values)
 
 
+def check_sampling(sampling: dict) -> None:
+    """Raise UserError for sampling values that generation would reject."""
+    _Sampling.from_kwargs(sampling)
+
+
 class _Cancelled(StoppingCriteria):
     """Stops generation when the consumer of the stream goes away."""
 

@@ -1,0 +1,166 @@
+"""`tunesmith chat`, `tunesmith webui` and `tunesmith serve`: talk to a model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Run by `streamlit run`, never imported here (importing it would start the app).
+WEBUI_APP = Path(__file__).resolve().parent.parent / "infer" / "webui_app.py"
+
+
+def register(subparsers) -> None:
+    chat = subparsers.add_parser(
+        "chat", help="chat with a model in the terminal (streaming, history)"
+    )
+    _model_args(chat)
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument(
+        "--prompt-template",
+        help="a named template (chatml, internlm2_chat, ...); default: the tokenizer's own",
+    )
+    chat.add_argument("--bits", type=int, choices=(4, 8), help="load the model in 4 or 8 bit")
+    chat.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _sampling_args(chat)
+    chat.add_argument(
+        "--no-streamer", action="store_true", help="print each answer when it is complete"
+    )
+    chat.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="answer this prompt (one-turn) and exit; repeatable; for scripts",
+    )
+    chat.set_defaults(func=run_chat)
+
+    webui = subparsers.add_parser("webui", help="chat in the browser (streamlit)")
+    _model_args(webui)
+    webui.add_argument("--host", default="127.0.0.1")
+    webui.add_argument("--port", type=int, default=8501)
+    webui.add_argument("--system", help="initial system prompt")
+    webui.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    webui.set_defaults(func=run_webui)
+
+    serve = subparsers.add_parser(
+        "serve", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)"
+    )
+    _model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TUNESMITH_API_KEY"),
+        help="require `Authorization: Bearer KEY` (default: $TUNESMITH_API_KEY, else none)",
+    )
+    serve.add_argument(
+        "--model-name", help="the model id clients use (default: the MODEL path's name)"
+    )
+    serve.add_argument("--system", help="system prompt for requests that have none")
+    serve.add_argument("--prompt-template", help="a named template; default: the tokenizer's own")
+    serve.add_argument("--bits", type=int, choices=(4, 8))
+    serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    serve.set_defaults(func=run_serve)
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model directory, embedded alias or hub id")
+    parser.add_argument("--adapter", metavar="DIR", help="a PEFT adapter dir to put on top")
+
+
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int)
+
+
+def _sampling(args) -> dict:
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+    }
+
+
+def _engine(args):
+    from tunesmith.infer.engine import Engine
+
+    return Engine.load(
+        args.model,
+        adapter=args.adapter,
+        template=args.prompt_template,
+        system=args.system,
+        bits=args.bits,
+        device=args.device,
+    )
+
+
+def run_chat(args) -> int:
+    from tunesmith.infer import chat
+
+    engine = _engine(args)
+    stream = not args.no_streamer
+    if args.prompt:
+        chat.answer_prompts(engine, args.prompt, _sampling(args), stream)
+    else:
+        chat.interactive(engine, _sampling(args), stream)
+    return 0
+
+
+def run_webui(args) -> int:
+    from tunesmith.infer.loading import check_adapter_dir
+    from tunesmith.model.resolve import resolve_model_path
+
+    resolve_model_path(args.model, with_weights=False)  # fail here, not in the browser
+    if args.adapter:
+        check_adapter_dir(args.adapter)
+    app_args = ["--model", args.model, "--device", args.device]
+    if args.adapter:
+        app_args += ["--adapter", args.adapter]
+    if args.system:
+        app_args += ["--system", args.system]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(WEBUI_APP),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        *app_args,
+    ]
+    print(f"web UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from tunesmith.infer.server import create_app
+
+    engine = _engine(args)
+    name = args.model_name or Path(args.model.rstrip("/")).name
+    app = create_app(engine, model_name=name, api_key=args.api_key)
+    print(
+        f"OpenAI-compatible API on http://{args.host}:{args.port}/v1 (model id: {name})", flush=True
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
