@@ -1,0 +1,402 @@
+"""Load a config: a built-in recipe name or a YAML file, plus `key=value` overrides.
+
+Every key is checked against the schema before pydantic sees the values, so an
+unknown key (nested or in an override) becomes one line naming the key path, the
+file and line, and the nearest valid key. XTuner's flat knob names (`lr`,
+`max_length`, `SYSTEM`, `pretrained_model_name_or_path`, ...) are accepted at the
+top level and in overrides and moved into their part (see FLAT_KEYS).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunesmith.config.schema import Config
+from tunesmith.errors import UserError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+# XTuner's top-level variable names (and a few tunesmith ones) -> where they live.
+FLAT_KEYS: dict[str, str] = {
+    "pretrained_model_name_or_path": "model.path",
+    "model_path": "model.path",
+    "torch_dtype": "model.dtype",
+    "trust_remote_code": "model.trust_remote_code",
+    "use_liger": "model.use_liger",
+    "bnb_4bit_quant_type": "quantization.quant_type",
+    "bnb_4bit_use_double_quant": "quantization.double_quant",
+    "bnb_4bit_compute_dtype": "quantization.compute_dtype",
+    "r": "lora.r",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "target_modules": "lora.target_modules",
+    "use_dora": "lora.use_dora",
+    "data_files": "data.files",
+    "prompt_template": "data.template",
+    "template": "data.template",
+    "SYSTEM": "data.system",
+    "system": "data.system",
+    "max_length": "data.max_length",
+    "pack_to_max_length": "data.pack_to_max_length",
+    "batch_size": "train.batch_size",
+    "accumulative_counts": "train.accumulative_counts",
+    "max_epochs": "train.max_epochs",
+    "max_steps": "train.max_steps",
+    "lr": "train.lr",
+    "betas": "train.betas",
+    "weight_decay": "train.weight_decay",
+    "max_norm": "train.max_norm",
+    "warmup_ratio": "train.warmup_ratio",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "mixed_precision": "train.mixed_precision",
+    "seed": "train.seed",
+    "deepspeed": "train.deepspeed",
+    "work_dir": "runtime.work_dir",
+    "save_steps": "runtime.save_steps",
+    "save_total_limit": "runtime.save_total_limit",
+    "evaluation_freq": "runtime.evaluation_freq",
+    "evaluation_inputs": "runtime.evaluation_inputs",
+}
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `2e-4` as a float (YAML 1.2), not as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML; return the data and the 1-based line of every mapping key path."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{source}{line}: not valid YAML ({problem}); fix the file") from None
+    lines: dict[tuple, int] = {}
+    _key_lines(node, (), lines)
+    return data, lines
+
+
+def _key_lines(node, path: tuple, out: dict[tuple, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _key_lines(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _key_lines(item, path + (i,), out)
+
+
+def parse_value(text: str) -> Any:
+    """An override value: YAML (`1e-4`, `true`, `[0.9, 0.95]`, `null`), else the raw string."""
+    try:
+        value = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+    # `SYSTEM=Note: be brief` is a sentence, not a mapping
+    if isinstance(value, dict | list) and not text.lstrip().startswith(("{", "[")):
+        return text
+    return text if value is None and text.strip() not in ("null", "~", "None") else value
+
+
+# --------------------------------------------------------------------- recipes
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"no built-in config named '{name}'{_did_you_mean(name, list_recipes())}")
+    return path
+
+
+def config_name(name_or_path: str) -> str:
+    """The name a run is known by: the recipe name, or the YAML file's stem."""
+    return Path(name_or_path).stem if _looks_like_path(name_or_path) else name_or_path
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    return (
+        name_or_path.endswith((".yaml", ".yml"))
+        or "/" in name_or_path
+        or Path(name_or_path).is_file()
+    )
+
+
+def _did_you_mean(word: str, choices: list[str], n: int = 3) -> str:
+    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
+    if not close:
+        close = [c for c in choices if word.lower() in c.lower()][:n]
+    if close:
+        return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    return ""
+
+
+# ----------------------------------------------------------------- the schema
+
+
+def _model_class(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside `X`, `X | None` or `list[X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list):
+        for arg in typing.get_args(annotation):
+            found = _model_class(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _is_list_field(annotation) -> bool:
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(typing.get_origin(a) is list for a in typing.get_args(annotation))
+
+
+def _keys_of(model: type[BaseModel]) -> dict[str, str]:
+    """Valid keys of a part -> the field name they set (names and XTuner aliases)."""
+    keys = {}
+    for name, field in model.model_fields.items():
+        keys[name] = name
+        if field.alias:
+            keys[field.alias] = name
+    return keys
+
+
+def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key path the schema accepts (field names, not aliases)."""
+    out = []
+    for name, field in model.model_fields.items():
+        sub = _model_class(field.annotation)
+        if sub is not None and not _is_list_field(field.annotation):
+            out += valid_keys(sub, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+# --------------------------------------------------------------- checking keys
+
+
+class _Source:
+    """Where values came from (file lines, command-line overrides), for error messages."""
+
+    def __init__(self, file: str, lines: dict[tuple, int] | None = None):
+        self.file, self.lines = file, lines or {}
+        self.overrides: dict[tuple, str] = {}
+
+    def at(self, path: tuple) -> str:
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.overrides:
+                return f"override '{self.overrides[path[:cut]]}'"
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.lines:
+                return f"{self.file}:{self.lines[path[:cut]]}"
+        return self.file
+
+
+def _dotted(path: tuple) -> str:
+    """('data', 'files', 0, 'path') -> 'data.files[0].path'"""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _check_keys(data: Any, model: type[BaseModel], path: tuple, source: _Source) -> None:
+    if not isinstance(data, dict):
+        return
+    keys = _keys_of(model)
+    for key, value in data.items():
+        dotted = _dotted(path + (key,))
+        if not isinstance(key, str) or key not in keys:
+            raise UserError(
+                f"{source.at(path + (key,))}: unknown config key '{dotted}'"
+                f"{_key_hint(str(key), model, path)}"
+            )
+        annotation = model.model_fields[keys[key]].annotation
+        sub = _model_class(annotation)
+        if sub is None:
+            continue
+        if _is_list_field(annotation) and isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_keys(item, sub, path + (key, i), source)
+        else:
+            _check_keys(value, sub, path + (key,), source)
+
+
+def _key_hint(key: str, model: type[BaseModel], path: tuple) -> str:
+    """'; did you mean ...?' with the nearest key of this part, or where the key lives."""
+    elsewhere = [k for k in valid_keys() if k.endswith("." + key)]
+    if key in FLAT_KEYS and FLAT_KEYS[key] not in elsewhere:
+        elsewhere.append(FLAT_KEYS[key])
+    if elsewhere:
+        return "; it belongs in " + " or ".join(f"'{k}'" for k in elsewhere)
+    choices = list(_keys_of(model)) + (list(FLAT_KEYS) if not path else [])
+    return _did_you_mean(key, choices)
+
+
+def _move_flat_keys(data: dict, source: _Source) -> dict:
+    """Move XTuner's flat top-level names into their parts."""
+    parts = _keys_of(Config)
+    out = {k: v for k, v in data.items() if k in parts}
+    for key, value in data.items():
+        if key in parts:
+            continue
+        if key not in FLAT_KEYS:
+            raise UserError(
+                f"{source.at((key,))}: unknown config key '{key}'{_key_hint(str(key), Config, ())}"
+            )
+        part, field = FLAT_KEYS[key].split(".")
+        section = out.get(part)
+        if section is None:
+            section = out[part] = {}
+        if not isinstance(section, dict):
+            raise UserError(f"{source.at((part,))}: '{part}' must be a mapping to hold '{key}'")
+        if field in section and section[field] != value:
+            raise UserError(
+                f"{source.at((key,))}: '{key}' and '{part}.{field}' are both set, to different "
+                f"values; keep one"
+            )
+        out[part] = {**section, field: value}
+    return out
+
+
+# ------------------------------------------------------------------ overrides
+
+
+def apply_override(data: dict, override: str) -> dict:
+    """Apply one `key.sub=value` override to a raw config dict (returns a new dict)."""
+    return _apply_override(data, override)[0]
+
+
+def _apply_override(data: dict, override: str) -> tuple[dict, tuple]:
+    if "=" not in override:
+        raise UserError(f"override '{override}' is not key=value (e.g. train.lr=1e-4)")
+    key, text = override.split("=", 1)
+    path = key.strip().removeprefix("--").split(".")
+    if not path[0]:
+        raise UserError(f"override '{override}' has no key before '='")
+    if len(path) == 1 and path[0] in FLAT_KEYS:
+        path = FLAT_KEYS[path[0]].split(".")
+    value = parse_value(text)
+    source = _Source("")
+    source.overrides[()] = override
+    source.overrides[tuple(path[:1])] = override
+    probe: Any = value
+    for part in reversed(path):
+        probe = {part: probe}
+    _check_keys(probe, Config, (), source)
+
+    out = dict(data)
+    node = out
+    for part in path[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[path[-1]] = value
+    return out, tuple(path)
+
+
+# --------------------------------------------------------------- validation
+
+
+def _validate(data: dict, source: _Source) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        dotted = _dotted(loc)
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "a mapping"
+        more = len(exc.errors()) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise UserError(
+            f"{source.at(loc)}: bad value {shown} for '{dotted}': {err['msg']}{tail}"
+        ) from None
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A built-in recipe name or a YAML path, with `key.sub=value` overrides applied."""
+    path = _find_config(name_or_path)
+    data, lines = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    source = _Source(str(path), lines)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config is a mapping of parts (model:, data:, train:, ...)")
+    data = _move_flat_keys(data, source)
+    _check_keys(data, Config, (), source)
+    for override in overrides:
+        data, key = _apply_override(data, override)
+        source.overrides[key] = override
+    return _validate(data, source)
+
+
+def _find_config(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if _looks_like_path(name_or_path):
+        raise UserError(f"config file {name_or_path} does not exist")
+    return recipe_path(name_or_path)
+
+
+def load_config_dict(data: dict, source: str = "<config>") -> Config:
+    """Validate a raw config dict (flat XTuner names allowed) with the same error messages."""
+    src = _Source(source)
+    data = _move_flat_keys(data, src)
+    _check_keys(data, Config, (), src)
+    return _validate(data, src)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes strings that hold newlines as one double-quoted line (`"...\\n"`)."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str):
+    style = '"' if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML, every part and field spelled out, in schema order."""
+    data = cfg.model_dump(mode="json", by_alias=False)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
