@@ -1,0 +1,132 @@
+"""What runs beside the loop: stop signals, chat samples, the divergence check."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import UserError
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or inf; the message names the step and what to try."""
+
+
+def check_finite(loss: float, step: int, last_checkpoint: Path | None) -> None:
+    if math.isfinite(loss):
+        return
+    kept = (
+        f"the last good checkpoint {last_checkpoint} is kept (continue with --resume auto)"
+        if last_checkpoint
+        else "no checkpoint was saved before it"
+    )
+    raise TrainingDiverged(
+        f"loss is {loss} at step {step}: training stopped, {kept}; "
+        f"try a lower train.lr, check the data (`tunesmith data` can show what is trained on), "
+        f"or train in fp32 (train.mixed_precision=no)"
+    )
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a request the loop honours after the current step
+    (it saves a checkpoint, then exits). A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step "
+            f"(send it again to stop at once)",
+            flush=True,
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """128 + signal number, the shell convention: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.received if self.received else 0
+
+
+class ChatSampler:
+    """Greedy answers to runtime.evaluation_inputs, printed and appended to chat_samples.jsonl.
+
+    Sampling never touches the training RNG streams, so a run with samples follows the
+    same loss curve as one without (and resumes exactly).
+    """
+
+    def __init__(self, engine_factory, inputs: list[str], max_new_tokens: int, out: Path):
+        self.engine_factory = engine_factory
+        self.inputs = inputs
+        self.max_new_tokens = max_new_tokens
+        self.out = Path(out)
+
+    def __call__(self, model: torch.nn.Module, step: int) -> list[dict]:
+        if not self.inputs:
+            return []
+        was_training = model.training
+        model.eval()
+        records = []
+        try:
+            with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
+                engine = self.engine_factory(model)
+                for prompt in self.inputs:
+                    start = time.perf_counter()
+                    answer = engine.generate(
+                        [{"role": "user", "content": prompt}],
+                        temperature=0,
+                        max_new_tokens=self.max_new_tokens,
+                    )
+                    records.append(
+                        {
+                            "step": step,
+                            "input": prompt,
+                            "output": answer,
+                            "seconds": round(time.perf_counter() - start, 2),
+                        }
+                    )
+        finally:
+            model.train(was_training)
+        with self.out.open("a") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(f"--- chat samples at step {step} ---")
+        for record in records:
+            print(f"user: {record['input']}\nassistant: {record['output']}")
+        return records
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def format_summary(summary: dict) -> str:
+    """The dataset summary as one line: `records 20 | tokens 1,234 | ...`."""
+    parts = []
+    for key, value in summary.items():
+        shown = f"{value:,}" if isinstance(value, int) else str(value)
+        parts.append(f"{key.replace('_', ' ')} {shown}")
+    return "dataset: " + " | ".join(parts)

@@ -1,0 +1,443 @@
+"""The training recipe: one class, read top to bottom in the order it runs.
+
+    recipe = TrainRecipe(cfg, work_dir="work_dirs/my_run", resume="auto")
+    recipe.setup()           # accelerator, tokenizer, data, model (+ LoRA), optimizer, resume
+    result = recipe.train()  # the loop; checkpoints, metrics, chat samples, summary
+
+Methods are LoRA / DoRA, QLoRA (bitsandbytes 4/8-bit base weights) and full fine-tuning.
+The loss of one optimizer step is the mean over every trainable token of all its
+accumulated micro-batches (`num_items_in_batch`), so 2 x batch 1 equals 1 x batch 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tunesmith.config.schema import Config
+from tunesmith.errors import UserError
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
+from tunesmith.train.metrics import MetricsLogger
+from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.plot import plot_loss
+
+
+@dataclass
+class TrainResult:
+    work_dir: Path
+    step: int
+    total_steps: int
+    tokens: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # per optimizer step, from step 1
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    stopped_by_signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the signal that stopped the run (130 SIGINT, 143 SIGTERM)."""
+        return 128 + self.stopped_by_signal if self.stopped_by_signal else 0
+
+
+@dataclass
+class StepStats:
+    loss: float  # token-weighted mean over the step's micro-batches
+    lr: float
+    tokens: int
+    grad_norm: float
+
+
+class TrainRecipe:
+    def __init__(
+        self,
+        cfg: Config,
+        work_dir: str | Path,
+        resume: str | None = None,
+        dataset=None,
+    ):
+        """`resume`: None (fresh run), "auto" (newest whole checkpoint, if any) or a path.
+        `dataset` replaces `build_dataset(cfg, tokenizer)` (anything with the same contract)."""
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.resume = resume
+        self.dataset = dataset
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        self.accelerator = self._setup_accelerator()
+        self.resume_from = ckpt.resolve_resume(self.resume, self.work_dir) if self.resume else None
+        self._check_work_dir()
+        set_seed(self.cfg.train.seed)
+
+        from tunesmith.model.load import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.cfg.model.path, self.cfg.model.trust_remote_code)
+        self._setup_data()
+        self.model = self._setup_model()
+        self.optimizer, self.scheduler = self._setup_optimizer()
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+        self.step, self.losses = 0, []
+        if self.resume_from is not None:
+            self._load_checkpoint(self.resume_from)
+        self.last_checkpoint = self.resume_from
+        self.saved_step = self.step if self.resume_from is not None else None
+        if self.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / "config.yaml").write_text(self._config_yaml())
+        self.metrics = (
+            MetricsLogger(
+                self.work_dir, start_step=self.step, tensorboard=self.cfg.runtime.tensorboard
+            )
+            if self.is_main
+            else None
+        )
+        self.chat_samples = ChatSampler(
+            self._make_engine,
+            self.cfg.runtime.evaluation_inputs,
+            self.cfg.runtime.evaluation_max_new_tokens,
+            self.work_dir / "chat_samples.jsonl",
+        )
+
+    def _setup_accelerator(self):
+        """The GPU side may supply DeepSpeed / FSDP plugins; otherwise plain accelerate."""
+        try:
+            from tunesmith.train.distributed import make_accelerator
+        except ImportError:
+            make_accelerator = None
+        if make_accelerator is not None:
+            return make_accelerator(self.cfg)
+        from accelerate import Accelerator
+
+        return Accelerator(mixed_precision=mixed_precision(self.cfg.train.mixed_precision))
+
+    def _setup_data(self) -> None:
+        if self.dataset is None:
+            from tunesmith.data.dataset import build_dataset
+
+            with self.accelerator.main_process_first():  # rank 0 builds the cache, others read it
+                self.dataset = build_dataset(self.cfg, self.tokenizer)
+        if len(self.dataset) == 0:
+            raise UserError("data.files: the dataset is empty; add records to the data files")
+        if self.is_main:
+            print(format_summary(self.dataset.summary), flush=True)
+        per_step = self.cfg.train.batch_size * self.accelerator.num_processes
+        self.micro_batches_per_epoch = math.ceil(len(self.dataset) / per_step)
+        accum = self.cfg.train.accumulative_counts
+        if self.cfg.train.max_steps:
+            self.total_steps = self.cfg.train.max_steps
+        else:
+            epochs_of_micro = self.cfg.train.max_epochs * self.micro_batches_per_epoch
+            self.total_steps = max(1, math.ceil(epochs_of_micro / accum))
+
+    def _setup_model(self) -> torch.nn.Module:
+        from tunesmith.model.load import load_model
+
+        cfg = self.cfg
+        model_cfg = cfg.model
+        dtype = None
+        if cfg.method == "full":
+            if self.resume_from is not None:
+                model_cfg = model_cfg.model_copy(update={"path": str(self.resume_from / "model")})
+            if model_cfg.dtype == "auto" and self.accelerator.mixed_precision != "no":
+                dtype = "fp32"  # fp32 master weights; compute is autocast to bf16/fp16
+        model = load_model(
+            model_cfg,
+            quantization=cfg.quantization,
+            device=self.accelerator.device.type,
+            dtype=dtype,
+        )
+        if cfg.lora is not None:
+            from tunesmith.model.adapters import apply_lora
+
+            model = apply_lora(
+                model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing
+            )
+        elif cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            model.config.use_cache = False
+        try:
+            from tunesmith.model.fast import optimize_for_training
+        except ImportError:
+            optimize_for_training = None
+        if optimize_for_training is not None:
+            model = optimize_for_training(model, cfg)
+        model.train()
+        if self.is_main:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
+            print(
+                f"model: {cfg.model.path} | method {cfg.method} | trainable {trainable:,} of {total:,} parameters"
+            )
+        return model
+
+    def _setup_optimizer(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.cfg.train)
+        # Not given to accelerate: its scheduler wrapper steps once per process.
+        scheduler = build_scheduler(optimizer, self.total_steps, self.cfg.train.warmup_ratio)
+        return optimizer, scheduler
+
+    # ------------------------------------------------------------------ train
+
+    def train(self) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        accum = cfg.train.accumulative_counts
+        data = self._micro_batches(start=self.step * accum)
+        tokens, start_time = 0, time.perf_counter()
+        progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.is_main,
+        )
+        if self.is_main:
+            self.chat_samples(acc.unwrap_model(self.model), self.step)
+        with StopSignals() as stop:
+            while self.step < self.total_steps and stop.received is None:
+                step_start = time.perf_counter()
+                batches = [next(data) for _ in range(accum)]
+                stats = self._train_step(batches)
+                self.step += 1
+                self.losses.append(stats.loss)
+                tokens += stats.tokens
+                tokens_per_s = stats.tokens / max(time.perf_counter() - step_start, 1e-9)
+                progress.update(1)
+                progress.set_postfix(
+                    loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
+                )
+                if self.metrics and self.step % cfg.runtime.logging_steps == 0:
+                    self.metrics.log(
+                        self.step,
+                        {
+                            "loss": stats.loss,
+                            "lr": stats.lr,
+                            "grad_norm": stats.grad_norm,
+                            "tokens": stats.tokens,
+                            "tokens_per_s": tokens_per_s,
+                            "epoch": self.epoch,
+                        },
+                    )
+                if self.step % cfg.runtime.save_steps == 0 or stop.received is not None:
+                    self.save_checkpoint()
+                if self.is_main and self.step % cfg.runtime.evaluation_freq == 0:
+                    self.chat_samples(acc.unwrap_model(self.model), self.step)
+        progress.close()
+        if self.saved_step != self.step:
+            self.save_checkpoint()
+        if self.is_main and stop.received is None and self.step % cfg.runtime.evaluation_freq:
+            self.chat_samples(acc.unwrap_model(self.model), self.step)
+        return self._finish(tokens, time.perf_counter() - start_time, stop.received)
+
+    def _train_step(self, batches: list[dict]) -> StepStats:
+        """One optimizer step over the accumulated micro-batches."""
+        acc, model = self.accelerator, self.model
+        # Trainable tokens of the whole step, over all processes: the loss denominator.
+        n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
+        n_items = acc.reduce(n_items, "sum") if acc.num_processes > 1 else n_items
+        step_loss = torch.zeros((), device=acc.device)
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(model):
+                loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                # DDP averages gradients over processes; the loss is already a global mean.
+                acc.backward(loss * acc.num_processes)
+            step_loss += loss.detach()
+        if acc.num_processes > 1:
+            step_loss = acc.reduce(step_loss, "sum")
+        # Checked before the update, so the weights of the last good step stay intact.
+        check_finite(float(step_loss), self.step + 1, self.last_checkpoint)
+        grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.train.max_norm)
+        lr = self.scheduler.get_last_lr()[0]  # the lr this step runs at
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = sum(count_tokens(b) for b in batches)
+        grad_norm = float(grad_norm) if grad_norm is not None else math.nan
+        return StepStats(float(step_loss), lr, tokens, grad_norm)
+
+    @property
+    def epoch(self) -> float:
+        return self.step * self.cfg.train.accumulative_counts / self.micro_batches_per_epoch
+
+    def _micro_batches(self, start: int) -> Iterator[dict]:
+        """Micro-batches from the global micro-batch index `start` on, epoch after epoch.
+
+        The order of epoch e is a permutation seeded by (seed, e), so a resumed run
+        sees exactly the batches the uninterrupted one would have.
+        """
+        dataset, size = self.dataset, len(self.dataset)
+        bs, world, rank = (
+            self.cfg.train.batch_size,
+            self.accelerator.num_processes,
+            self.accelerator.process_index,
+        )
+        index = start
+        while True:
+            epoch, position = divmod(index, self.micro_batches_per_epoch)
+            order = self._epoch_order(epoch, size)
+            lo = (position * world + rank) * bs
+            # One process takes a short last batch; several wrap around so all step together.
+            hi = lo + bs if world > 1 else min(lo + bs, size)
+            items = [dataset[int(order[k % size])] for k in range(lo, hi)]
+            batch = dataset.collate(items)
+            yield {k: v.to(self.accelerator.device) for k, v in batch.items()}
+            index += 1
+
+    def _epoch_order(self, epoch: int, size: int) -> torch.Tensor:
+        if not self.cfg.data.shuffle:
+            return torch.arange(size)
+        generator = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        return torch.randperm(size, generator=generator)
+
+    # ------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> Path | None:
+        """`work_dir/iter_<step>/`, written atomically; older ones rotated out."""
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.is_main:
+            path = ckpt.save_atomic(
+                self.work_dir,
+                self.step,
+                self._write_checkpoint,
+                keep=self.cfg.runtime.save_total_limit,
+            )
+            self.last_checkpoint = path
+        self.saved_step = self.step
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _write_checkpoint(self, out: Path) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if self.cfg.method == "full":
+            model.save_pretrained(out / "model", safe_serialization=True)
+            self.tokenizer.save_pretrained(out / "model")
+        else:
+            model.save_pretrained(out / "adapter")
+        torch.save(self.optimizer.state_dict(), out / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), out / "scheduler.pt")
+        torch.save(ckpt.rng_state(), out / "rng.pt")
+        (out / "config.yaml").write_text(self._config_yaml())
+        # trainer_state.json goes last: its presence marks the checkpoint whole
+        ckpt.write_json(
+            out / ckpt.STATE_FILE,
+            {
+                "step": self.step,
+                "epoch": self.epoch,
+                "data_position": self.step * self.cfg.train.accumulative_counts,
+                "total_steps": self.total_steps,
+                "loss": self.losses[-1] if self.losses else None,
+                "losses": self.losses,
+            },
+        )
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = ckpt.read_state(path)
+        if self.cfg.method != "full":
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+            model = self.accelerator.unwrap_model(self.model)
+            set_peft_model_state_dict(model, weights)
+        self.optimizer.load_state_dict(ckpt.load_torch(path / "optimizer.pt"))
+        self.scheduler.load_state_dict(ckpt.load_torch(path / "scheduler.pt"))
+        ckpt.set_rng_state(ckpt.load_torch(path / "rng.pt"))
+        self.step = state["step"]
+        self.losses = list(state["losses"])
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}/{self.total_steps}")
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _check_work_dir(self) -> None:
+        """Refuse to overwrite a different run (or this run's checkpoints) without --resume."""
+        saved = self.work_dir / "config.yaml"
+        if self.resume_from is not None or not saved.is_file():
+            return
+        if saved.read_text() != self._config_yaml():
+            raise UserError(
+                f"{self.work_dir} holds a run with a different config ({saved}): pass another "
+                f"--work-dir, or delete that directory to start over"
+            )
+        if ckpt.checkpoint_dirs(self.work_dir):
+            raise UserError(
+                f"{self.work_dir} already holds checkpoints of this run: continue it with "
+                f"--resume auto, or pass another --work-dir"
+            )
+
+    def _config_yaml(self) -> str:
+        from tunesmith.config.loader import dump_config
+
+        return dump_config(self.cfg)
+
+    def _make_engine(self, model):
+        from tunesmith.infer.engine import Engine
+
+        return Engine(
+            model, self.tokenizer, template=self.cfg.data.template, system=self.cfg.data.system
+        )
+
+    def _finish(self, tokens: int, seconds: float, signum: int | None) -> TrainResult:
+        result = TrainResult(
+            work_dir=self.work_dir,
+            step=self.step,
+            total_steps=self.total_steps,
+            tokens=tokens,
+            seconds=seconds,
+            losses=list(self.losses),
+            last_checkpoint=self.last_checkpoint,
+            best_checkpoint=best_checkpoint(self.work_dir),
+            stopped_by_signal=signum,
+        )
+        if self.is_main:
+            self.metrics.close()
+            plot_loss(self.work_dir / "metrics.jsonl", self.work_dir / "loss.png")
+        return result
+
+
+def best_checkpoint(work_dir: Path) -> Path | None:
+    """The kept checkpoint with the lowest mean loss over its last 10 steps."""
+    scored = []
+    for path in ckpt.checkpoint_dirs(work_dir):
+        losses = ckpt.read_state(path).get("losses") or []
+        if losses:
+            recent = losses[-10:]
+            scored.append((sum(recent) / len(recent), path))
+    return min(scored, key=lambda s: s[0])[1] if scored else None
+
+
+def mixed_precision(setting: str) -> str:
+    """ "auto": bf16 on CUDA when supported, else fp16 (with loss scaling); fp32 on CPU."""
+    if setting != "auto":
+        return setting
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def count_tokens(batch: dict) -> int:
+    """Real tokens in a batch: all of a packed batch, the unmasked ones of a padded batch."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
