@@ -1,0 +1,150 @@
+"""Load a tokenizer and a causal LM from an alias, a local dir, a cached hub id or a GGUF file.
+
+Nothing here downloads: `resolve_model_path` turns the name into a local path first.
+InternLM2 checkpoints load natively as Llama (see `internlm2.py`), without remote code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from tunesmith.config.schema import ModelConfig, QuantizationConfig
+from tunesmith.errors import UserError
+from tunesmith.model import internlm2
+from tunesmith.model.quantize import DTYPES, bnb_config
+from tunesmith.model.resolve import offline_env, resolve_model_path
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"device '{device}' asked for, but no CUDA device is visible: use --device cpu"
+        )
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
+    """ "auto" = bf16 on a CUDA device that supports it, fp16 on older CUDA, fp32 on CPU."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise UserError(f"model.dtype '{name}' is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def model_type(path: str | Path) -> str | None:
+    """The `model_type` in a model dir's config.json, or None where there is none."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config}:{err.lineno}: not valid JSON ({err.msg})") from err
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A fast tokenizer with a pad token (eos when the model has none)."""
+    offline_env()
+    path = resolve_model_path(name_or_path, with_weights=False)
+    if model_type(path) == internlm2.MODEL_TYPE:
+        tokenizer = internlm2.load_tokenizer(path)
+    elif path.endswith(".gguf"):
+        tokenizer = AutoTokenizer.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
+    else:
+        tokenizer = _from_pretrained(AutoTokenizer, path, trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model_cfg: ModelConfig,
+    quantization: QuantizationConfig | None = None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = None,
+) -> PreTrainedModel:
+    """The causal LM of `model_cfg`, on `device`, in `dtype` (default: model_cfg.dtype).
+
+    With `quantization`, the linear layers of the decoder are loaded in 4 or 8 bits
+    (bitsandbytes); the embeddings, norms and output head stay in `dtype`.
+    """
+    offline_env()
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype or model_cfg.dtype, device)
+    path = resolve_model_path(model_cfg.path)
+    kwargs = {
+        "dtype": torch_dtype,
+        "attn_implementation": attn_implementation(model_cfg.attn_implementation, device),
+    }
+    if quantization is not None:
+        kwargs["quantization_config"] = bnb_config(quantization, torch_dtype)
+    if quantization is not None or device != "cpu":
+        kwargs["device_map"] = {"": device}
+
+    if path.endswith(".gguf"):
+        if quantization is not None:
+            raise UserError(
+                f"{path}: quantization of a GGUF file is not supported; set quantization: null"
+            )
+        model = AutoModelForCausalLM.from_pretrained(
+            Path(path).parent, gguf_file=Path(path).name, **kwargs
+        )
+        # the weights are de-quantised floats; dropping the GGUF quantizer lets the model be saved
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model
+    if model_type(path) == internlm2.MODEL_TYPE:
+        path = str(internlm2.llama_checkpoint(path))
+    return _from_pretrained(AutoModelForCausalLM, path, model_cfg.trust_remote_code, **kwargs)
+
+
+def attn_implementation(name: str, device: str) -> str:
+    """ "auto" = PyTorch SDPA, which honours per-document masks built from position_ids."""
+    return "sdpa" if name == "auto" else name
+
+
+def _check_architecture(path: str, trust_remote_code: bool) -> None:
+    """A clear error for a checkpoint transformers cannot build without its own code."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    config_file = Path(path) / "config.json"
+    kind = model_type(path)
+    if kind is None or kind in CONFIG_MAPPING or trust_remote_code:
+        return
+    if "auto_map" in json.loads(config_file.read_text()):
+        raise UserError(
+            f"{config_file}: model_type '{kind}' needs custom code from the checkpoint: set "
+            f"model.trust_remote_code: true if you trust its author"
+        )
+    raise UserError(
+        f"{config_file}: model_type '{kind}' is unknown to transformers {transformers.__version__}"
+    )
+
+
+def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, **kwargs):
+    _check_architecture(path, trust_remote_code)
+    try:
+        return auto_cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" in str(err) and not trust_remote_code:
+            raise UserError(
+                f"{path} needs custom code from the checkpoint: set model.trust_remote_code: true "
+                f"if you trust its author"
+            ) from err
+        raise
+    except OSError as err:
+        raise UserError(f"{path}: cannot load ({str(err).splitlines()[0]})") from err

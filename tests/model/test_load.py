@@ -1,0 +1,96 @@
+"""load_tokenizer / load_model: aliases, local dirs, dtypes, missing paths, 4-bit on CPU."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+
+from tunesmith.config.schema import ModelConfig, QuantizationConfig
+from tunesmith.errors import UserError
+from tunesmith.model.load import load_model, load_tokenizer, resolve_dtype
+
+
+def test_tokenizer_gets_pad_token_from_eos(tmp_path, smollm_tokenizer):
+    smollm_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    config_file = tmp_path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("pad_token", None)
+    config_file.write_text(json.dumps(config))
+    tokenizer = load_tokenizer(str(tmp_path))
+    assert tokenizer.pad_token is not None
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+
+
+def test_embedded_alias_loads_tokenizer():
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") == tokenizer.eos_token_id
+    assert "<|im_start|>" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False
+    )
+
+
+@pytest.mark.slow
+def test_embedded_alias_loads_model():
+    model = load_model(ModelConfig(path="smollm2-135m-instruct"), device="cpu")
+    assert model.config.model_type == "llama"
+    assert model.dtype == torch.float32
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+def test_missing_path_is_user_error_without_network(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(ModelConfig(path=str(tmp_path / "nope")))
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        load_tokenizer("some-org/some-model-that-is-not-cached")
+
+
+def test_tiny_model_loads_in_fp32_on_cpu_with_sdpa(tiny_model_dir):
+    model = load_model(ModelConfig(path=str(tiny_model_dir)), device="cpu")
+    assert model.dtype == torch.float32
+    assert model.config._attn_implementation == "sdpa"
+    assert model.device.type == "cpu"
+
+
+def test_dtype_setting_is_honoured(tiny_model_dir):
+    model = load_model(ModelConfig(path=str(tiny_model_dir), dtype="bf16"), device="cpu")
+    assert model.dtype == torch.bfloat16
+
+
+def test_auto_dtype_is_fp32_on_cpu():
+    assert resolve_dtype("auto", "cpu") == torch.float32
+
+
+def test_remote_code_model_is_refused_unless_trusted(tmp_path, tiny_model_dir):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config.update(model_type="custom-thing", auto_map={"AutoModelForCausalLM": "modeling.X"})
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="trust_remote_code"):
+        load_model(ModelConfig(path=str(tmp_path / "m")), device="cpu")
+
+
+def test_qlora_4bit_load_quantizes_decoder_linears_not_head(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    model = load_model(
+        ModelConfig(path=str(tiny_model_dir)), quantization=QuantizationConfig(), device="cpu"
+    )
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    assert q_proj.weight.quant_type == "nf4"
+    assert not isinstance(model.lm_head, bnb.nn.Linear4bit)
+    assert model.lm_head.weight.dtype == torch.float32
