@@ -4,20 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from tunesmith.errors import UserError
-from tunesmith.model.resolve import resolve_model_path
-
-
-def pick_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "--device cuda was asked for but no CUDA device is visible: use --device cpu"
-        )
-    return device
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -37,30 +24,25 @@ def check_adapter_dir(adapter: str | Path) -> Path:
 def load_for_inference(
     model: str, adapter: str | None = None, bits: int | None = None, device: str = "auto"
 ):
-    """Return (model, tokenizer) ready for `generate`; the adapter's tokenizer wins if it has one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Return (model, tokenizer) ready for `generate`.
 
-    device = pick_device(device)
-    base_path = resolve_model_path(model)
+    The tokenizer comes from the adapter dir when it has one: it carries the chat
+    template used in training.
+    """
+    from transformers import AutoTokenizer
+
+    from tunesmith.config.schema import ModelConfig, QuantizationConfig
+    from tunesmith.model.load import load_model, load_tokenizer
+
     adapter_path = check_adapter_dir(adapter) if adapter else None
-    tokenizer_path = adapter_path if adapter_path and has_tokenizer(adapter_path) else base_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-
-    kwargs: dict = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}
-    if bits:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"]
-            )
-            if bits == 4
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-        kwargs["device_map"] = device
-    loaded = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
-    if not bits:
-        loaded.to(device)
+    if adapter_path and has_tokenizer(adapter_path):
+        tokenizer = AutoTokenizer.from_pretrained(adapter_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = load_tokenizer(model)
+    quantization = QuantizationConfig(bits=bits) if bits else None
+    loaded = load_model(ModelConfig(path=model), quantization, device=device)
     if adapter_path:
         from peft import PeftModel
 
