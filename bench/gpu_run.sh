@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The one device command: tunesmith's GPU benchmark beside the plain HF + PEFT baseline, same call,
+# same card. Run from the repo root with the carried folders .whl (bitsandbytes, liger-kernel,
+# deepspeed, pydantic + deps as Python 3.12 wheels) and .bench (a copy of
+# ../shared/bench/baseline_hf_peft.py):
+#
+#   bash bench/gpu_run.sh single     # 1 GPU: baseline qlora/lora, tunesmith qlora/lora, variants
+#   bash bench/gpu_run.sh multi      # 2 GPUs: tunesmith qlora on 1 GPU, then ZeRO-2 on 2
+#
+# Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
+set -u
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+OUTD=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUTD"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=$PWD/src:/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 - <<'EOF'
+import inspect, torch, transformers, peft, accelerate
+print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__,
+      "accelerate", accelerate.__version__)
+try:
+    from torch.nn.attention.varlen import varlen_attn
+    print("varlen_attn", list(inspect.signature(varlen_attn).parameters))
+except ImportError as err:
+    print("no varlen_attn:", err)
+EOF
+
+# run NAME SECONDS CMD...: one benchmark process, its log in $OUT/NAME.log
+run() {
+  local name=$1 limit=$2; shift 2
+  echo "== $name: $*"
+  timeout "$limit" "$@" > "$OUTD/$name.log" 2>&1
+  echo "rc=$? $(grep -E '^RESULT|made random' "$OUTD/$name.log" | tr '\n' ' ' | cut -c1-600)"
+  grep -E 'Error|error:' "$OUTD/$name.log" | grep -v Warning | tail -3
+  grep -h '^RESULT' "$OUTD/$name.log" | sed "s/^RESULT /{\"run\": \"$name\", \"r\": /; s/\$/}/" >> "$OUTD/all.jsonl"
+}
+
+case "${1:-single}" in
+single)
+  run base_qlora 200 python3 .bench/baseline_hf_peft.py qlora 2048 4 ckpt
+  run ts_qlora 150 python3 bench/gpu_train.py qlora --check-attn
+  run base_lora 150 python3 .bench/baseline_hf_peft.py lora 2048 4 ckpt
+  run ts_lora 120 python3 bench/gpu_train.py lora
+  run ts_qlora_sdpa 100 python3 bench/gpu_train.py qlora --attn sdpa
+  run ts_qlora_noliger 100 python3 bench/gpu_train.py qlora --liger off
+  ;;
+multi)
+  run ts_qlora_1gpu 200 python3 bench/gpu_train.py qlora
+  run ts_qlora_zero2_2gpu 240 torchrun --nproc_per_node 2 bench/gpu_train.py qlora --deepspeed zero2
+  ;;
+*)
+  shift
+  run custom 580 "$@"
+  ;;
+esac
+
+python3 - "$OUTD/all.jsonl" <<'EOF'
+import json, sys
+print(f"{'run':24} {'tok/s':>7} {'step s':>7} {'peak GiB':>8} {'attn':>18} liger world")
+for line in open(sys.argv[1]):
+    row = json.loads(line); r = row["r"]
+    print(f"{row['run']:24} {r['tok_s']:>7} {r['step_s']:>7} {r['peak_gib']:>8} "
+          f"{str(r.get('attn', 'sdpa')):>18} {str(r.get('liger', '-')):5} {r.get('world', 1)}")
+EOF

@@ -1,0 +1,255 @@
+"""Training speed on CUDA: fused kernels, padding-free attention, no fp32 copies of frozen weights.
+
+`optimize_for_training(model, cfg)` is called by the recipe once the model is loaded (before or
+after LoRA is applied). On a CPU it changes nothing. On CUDA it
+
+- casts frozen fp32 float weights (the 92k-vocab head, embeddings, norms that peft's
+  `prepare_model_for_kbit_training` upcasts) back to the compute dtype;
+- applies Liger kernels (RMSNorm, RoPE, SwiGLU and the fused linear cross-entropy, which
+  never materialises batch x seq x vocab logits) when liger-kernel is installed and
+  `model.use_liger` allows;
+- for packed batches, switches attention to PyTorch's varlen flash attention
+  (`torch.nn.attention.varlen`), one kernel call over all documents of the batch, with
+  document boundaries taken from position_ids; SDPA with a per-document mask otherwise.
+
+Gradient checkpointing stays the recipe's choice (`train.gradient_checkpointing`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+VARLEN = "tunesmith_varlen"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `optimize_for_training` does to a model; every field off means nothing."""
+
+    cast_frozen_to: torch.dtype | None = None
+    liger: bool = False
+    attention: str | None = None  # a new attn_implementation, None keeps the loaded one
+
+
+def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: bool) -> Plan:
+    """Decide the optimisations for a model on `device_type` under `cfg` (a Config)."""
+    if device_type != "cuda":
+        return Plan()
+    dtype = _compute_dtype(cfg)
+    use_liger = cfg.model.use_liger
+    if use_liger is True and not liger_available:
+        log.warning(
+            "model.use_liger is true but liger-kernel is not installed: pip install liger-kernel"
+        )
+    attention = None
+    if cfg.model.attn_implementation == "auto" and cfg.data.pack_to_max_length and varlen_available:
+        attention = VARLEN
+    return Plan(
+        cast_frozen_to=dtype if dtype != torch.float32 else None,
+        liger=bool(use_liger) and liger_available,
+        attention=attention,
+    )
+
+
+def optimize_for_training(model: nn.Module, cfg) -> nn.Module:
+    """Apply `plan_for`'s optimisations to `model` (a PreTrainedModel or a PeftModel) in place."""
+    device_type = next(model.parameters()).device.type
+    plan = plan_for(cfg, device_type, liger_available(), varlen_available())
+    base = unwrap(model)
+    if plan.cast_frozen_to is not None:
+        cast_frozen_float32(base, plan.cast_frozen_to)
+    if plan.liger:
+        apply_liger(base)
+    if plan.attention is not None:
+        register_varlen_attention()
+        base.set_attn_implementation(plan.attention)
+    log.info("training optimisations: %s", plan)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PeftModel (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def cast_frozen_float32(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast frozen fp32 parameters to `dtype`; trainable ones keep fp32 for the optimizer.
+
+    Returns the number of parameters cast. Quantized weights (integer storage) and buffers
+    (rotary frequencies) are left alone.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.dtype == torch.float32 and not param.requires_grad:
+            param.data = param.data.to(dtype)
+            cast += 1
+    return cast
+
+
+def _compute_dtype(cfg) -> torch.dtype:
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if cfg.model.dtype in names:
+        return names[cfg.model.dtype]
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+# ---- Liger kernels ----------------------------------------------------------------------------
+
+
+def liger_available() -> bool:
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def apply_liger(model: nn.Module) -> bool:
+    """Liger's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy on this model instance.
+
+    Returns False where liger has no kernels for the model type. Liger swaps the forward of
+    this instance and of its norm / MLP modules; its RoPE replaces the function in the
+    model's transformers module (the same maths, for every model of that type in the process).
+    """
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    apply_fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model.config.model_type)
+    if apply_fn is None:
+        log.warning("liger-kernel has no kernels for model type %s", model.config.model_type)
+        return False
+    wanted = {
+        "rope": True,
+        "rms_norm": True,
+        "swiglu": True,
+        "cross_entropy": False,
+        "fused_linear_cross_entropy": True,
+    }
+    accepted = inspect.signature(apply_fn).parameters
+    apply_fn(model=model, **{k: v for k, v in wanted.items() if k in accepted})
+    return True
+
+
+# ---- padding-free attention for packed batches ------------------------------------------------
+
+
+def varlen_available() -> bool:
+    """True where PyTorch ships varlen flash attention and a CUDA device can run it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def cu_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cumulative document lengths over the flattened batch, from position_ids restarting at 0.
+
+    Every row starts a document, so row boundaries are document boundaries too.
+    Returns (int32 offsets of shape (docs + 1,), length of the longest document).
+    """
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    if starts.numel() == 0 or starts[0] != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    ends = torch.tensor([flat.numel()], device=flat.device, dtype=starts.dtype)
+    offsets = torch.cat([starts, ends]).to(torch.int32)
+    return offsets, int((offsets[1:] - offsets[:-1]).max())
+
+
+class _SeqlensCache:
+    """cu_seqlens of the batch now in flight: computed once, reused by every layer (one host sync)."""
+
+    position_ids: torch.Tensor | None = None
+    value: tuple[torch.Tensor, int] | None = None
+
+    @classmethod
+    def get(cls, position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if cls.position_ids is not position_ids:
+            cls.position_ids, cls.value = position_ids, cu_seqlens(position_ids)
+        return cls.value
+
+
+def varlen_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function: causal attention within each packed document.
+
+    query (B, Hq, L, D), key / value (B, Hkv, S, D) -> (B, L, Hq, D). Batches that are not a
+    packed training batch (padding masks, a KV cache while sampling) go through SDPA.
+    """
+    batch, heads, length, dim = query.shape
+    packed = attention_mask is None and position_ids is not None and key.shape[2] == length
+    if not (packed and query.is_cuda):
+        return _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    from torch.nn.attention.varlen import varlen_attn
+
+    offsets, longest = _SeqlensCache.get(position_ids)
+    kv_heads = key.shape[1]
+    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * length, kv_heads, dim)
+    v = value.transpose(1, 2).reshape(batch * length, kv_heads, dim)
+    if kv_heads != heads and not _VARLEN_GQA:
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    extra = {"enable_gqa": kv_heads != heads} if _VARLEN_GQA else {}
+    if "window_size" in _VARLEN_PARAMS:
+        extra["window_size"] = (-1, 0)  # causal
+    else:
+        extra["is_causal"] = True
+    out = varlen_attn(q, k, v, offsets, offsets, longest, longest, scale=scaling, **extra)
+    return out.view(batch, length, heads, dim), None
+
+
+def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None and attention_mask.dim() == 2:
+        # flash-style 2D key padding mask -> 4D boolean mask, causal with the cache offset
+        q_len, kv_len = query.shape[2], key.shape[2]
+        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device)
+        causal = causal.tril(diagonal=kv_len - q_len)
+        attention_mask = causal[None, None] & attention_mask[:, None, None, -kv_len:].bool()
+    kwargs.pop("is_causal", None)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+
+
+def _varlen_params() -> set[str]:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return set()
+    return set(inspect.signature(varlen_attn).parameters)
+
+
+_VARLEN_PARAMS = _varlen_params()
+_VARLEN_GQA = "enable_gqa" in _VARLEN_PARAMS
+
+
+def register_varlen_attention() -> None:
+    """Make `attn_implementation="tunesmith_varlen"` known to transformers."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    # like flash attention: no 4D mask is built; None for packed batches, 2D where padded
+    AttentionMaskInterface.register(VARLEN, flash_attention_mask)

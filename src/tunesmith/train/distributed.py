@@ -1,0 +1,237 @@
+"""Several GPUs: the accelerate setup (DDP, DeepSpeed ZeRO-1/2/3, FSDP2) and the torchrun re-launch.
+
+Two ways to start a distributed run, both ending in one process per GPU:
+
+    torchrun --nproc_per_node 2 -m tunesmith.cli.main train CONFIG --deepspeed zero2
+    NPROC_PER_NODE=2 tunesmith train CONFIG --deepspeed deepspeed_zero2    # as XTuner users do
+
+`maybe_relaunch_distributed` turns the second into the first (NNODES, NODE_RANK, ADDR and PORT
+are read as XTuner reads them). `make_accelerator` builds the `Accelerator` inside each process.
+
+Gradient accumulation belongs to accelerate here: the Accelerator is made with
+`gradient_accumulation_steps = train.accumulative_counts`, so the recipe runs each micro-batch
+inside `accelerator.accumulate(model)`; `accelerator.backward` (and DeepSpeed's engine) divide
+the loss by that count, so a loss already normalised by the step's token count
+(`num_items_in_batch`) is passed as `loss * accelerator.gradient_accumulation_steps`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tunesmith.errors import UserError
+
+# XTuner's names (deepspeed_zero2, ...) and the short ones (zero2, ...): (ZeRO stage, offload)
+ZERO_PRESETS: dict[str, tuple[int, bool]] = {
+    "zero1": (1, False),
+    "zero2": (2, False),
+    "zero2_offload": (2, True),
+    "zero3": (3, False),
+    "zero3_offload": (3, True),
+}
+FSDP_NAMES = ("fsdp", "fsdp2")
+
+
+def strategy_name(name: str) -> str:
+    """The canonical strategy for a `--deepspeed` value: a ZeRO preset, `fsdp2`, or a JSON path."""
+    key = name.strip().lower().removeprefix("deepspeed_")
+    if key in ZERO_PRESETS:
+        return key
+    if key in FSDP_NAMES:
+        return "fsdp2"
+    if name.endswith(".json") or Path(name).is_file():
+        return name
+    valid = ", ".join([*ZERO_PRESETS, *(f"deepspeed_{k}" for k in ZERO_PRESETS), "fsdp2"])
+    raise UserError(
+        f"--deepspeed '{name}' is not a known strategy: use one of {valid} or a JSON path"
+    )
+
+
+def mixed_precision(cfg, cuda: bool | None = None) -> str:
+    """accelerate's mixed_precision for `train.mixed_precision`: auto = bf16 (fp16 on older GPUs), no on CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    wanted = cfg.train.mixed_precision
+    if not cuda:
+        return "no"
+    if wanted != "auto":
+        return wanted
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def deepspeed_config(name_or_path: str, cfg, precision: str = "bf16") -> dict:
+    """The DeepSpeed JSON for a preset name or a user's file, with tunesmith's values filled in.
+
+    Batch size, accumulation, clipping and precision come from `cfg` (the config's own numbers
+    win over a file's "auto"); the optimizer stays tunesmith's AdamW.
+    """
+    name = strategy_name(name_or_path)
+    if name in ZERO_PRESETS:
+        ds = _zero_preset(*ZERO_PRESETS[name])
+    elif name == "fsdp2":
+        raise UserError("--deepspeed fsdp2 is FSDP, not DeepSpeed: it has no DeepSpeed config")
+    else:
+        ds = _read_json(Path(name))
+    fills = {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "gradient_accumulation_steps": cfg.train.accumulative_counts,
+        "gradient_clipping": cfg.train.max_norm,
+    }
+    for key, value in fills.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+    ds.pop("train_batch_size", None)  # derived from the two above and the world size
+    for key, enabled in (("bf16", precision == "bf16"), ("fp16", precision == "fp16")):
+        section = ds.setdefault(key, {})
+        if section.get("enabled", "auto") == "auto":
+            section["enabled"] = enabled
+    ds["zero_allow_untested_optimizer"] = True
+    return ds
+
+
+def _zero_preset(stage: int, offload: bool) -> dict:
+    zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "zero_optimization": zero,
+        "fp16": {"enabled": "auto", "initial_scale_power": 16},
+        "bf16": {"enabled": "auto"},
+    }
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(
+            f"--deepspeed {path}: file not found; give a JSON path or a name like zero2"
+        )
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    if not isinstance(ds, dict):
+        raise UserError(f"{path}: a DeepSpeed config must be a JSON object")
+    if "optimizer" in ds or "scheduler" in ds:
+        raise UserError(
+            f"{path}: remove the 'optimizer' / 'scheduler' sections; tunesmith's AdamW and "
+            "schedule come from the config's train part"
+        )
+    return ds
+
+
+def accelerator_kwargs(cfg, deepspeed: str | None = None, cuda: bool | None = None) -> dict:
+    """Keyword arguments for `accelerate.Accelerator` (plugins included)."""
+    precision = mixed_precision(cfg, cuda)
+    kwargs: dict = {
+        "mixed_precision": precision,
+        "gradient_accumulation_steps": cfg.train.accumulative_counts,
+    }
+    strategy = deepspeed or cfg.train.deepspeed
+    if not strategy:
+        return kwargs
+    name = strategy_name(strategy)
+    if name == "fsdp2":
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            reshard_after_forward=True,
+            state_dict_type="SHARDED_STATE_DICT",
+            activation_checkpointing=False,  # the recipe's gradient checkpointing does this
+            cpu_ram_efficient_loading=False,
+        )
+        return kwargs
+    from accelerate.utils import DeepSpeedPlugin
+
+    kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
+        hf_ds_config=deepspeed_config(name, cfg, precision)
+    )
+    return kwargs
+
+
+def make_accelerator(cfg, deepspeed: str | None = None):
+    """The `Accelerator` for this process: DDP under torchrun, DeepSpeed or FSDP2 when asked.
+
+    `deepspeed` (the CLI's `--deepspeed`) overrides `train.deepspeed`. Make it before loading
+    the model: it selects this process's GPU (`accelerator.device`).
+    """
+    strategy = deepspeed or cfg.train.deepspeed
+    if strategy and strategy_name(strategy) != "fsdp2":
+        try:
+            import deepspeed as _  # noqa: F401
+        except ImportError as err:
+            raise UserError(
+                f"--deepspeed {strategy} needs DeepSpeed: pip install 'tunesmith[deepspeed]'"
+            ) from err
+    from accelerate import Accelerator
+
+    return Accelerator(**accelerator_kwargs(cfg, deepspeed))
+
+
+# ---- NPROC_PER_NODE=N tunesmith train ... -----------------------------------------------------
+
+
+def relaunch_command(
+    argv: Sequence[str], env: Mapping[str, str], python: str = sys.executable
+) -> list[str] | None:
+    """The torchrun command that runs `tunesmith <argv>` on NPROC_PER_NODE GPUs, or None.
+
+    None when NPROC_PER_NODE is unset or 1 (a plain run), or when this process already is
+    one of torchrun's workers.
+    """
+    if "LOCAL_RANK" in env or "TORCHELASTIC_RUN_ID" in env:
+        return None
+    nproc = _env_int(env, "NPROC_PER_NODE", 1)
+    nnodes = _env_int(env, "NNODES", 1)
+    if nproc <= 1 and nnodes <= 1:
+        return None
+    cmd = [python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
+    if nnodes > 1:
+        cmd += [
+            f"--node_rank={_env_int(env, 'NODE_RANK', 0)}",
+            f"--master_addr={env.get('ADDR', '127.0.0.1')}",
+            f"--master_port={_env_int(env, 'PORT', 29500)}",
+        ]
+    else:
+        cmd += [f"--master_port={_env_int(env, 'PORT', 29500)}"]
+    args = list(argv)
+    if "train" not in args:
+        args.insert(0, "train")
+    return [*cmd, "-m", "tunesmith.cli.main", *args]
+
+
+def maybe_relaunch_distributed(argv: Sequence[str]) -> int | None:
+    """Re-run `tunesmith <argv>` under torchrun when NPROC_PER_NODE asks for several processes.
+
+    `argv` is what follows the program name (sys.argv[1:]). Returns torchrun's exit code, or
+    None when this process should train itself.
+    """
+    cmd = relaunch_command(argv, os.environ)
+    if cmd is None:
+        return None
+    print("launching: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
+    value = env.get(key, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise UserError(f"environment variable {key}={value!r} must be a whole number") from None
+    if number < 1 and key not in ("NODE_RANK",):
+        raise UserError(f"environment variable {key}={value!r} must be at least 1")
+    return number
