@@ -1,0 +1,280 @@
+"""Dataset formats -> one common `Conversation`.
+
+Supported record shapes (auto-detected per file, or set per file in the config):
+
+- conversation (XTuner): {"conversation": [{"system"?, "input", "output", "output_with_loss"?}]}
+- messages (OpenAI):     {"messages": [{"role": system|user|assistant, "content", "loss"?}]}
+- alpaca:                {"instruction", "input"?, "output", "system"?}
+- sharegpt:              {"conversations": [{"from": system|human|gpt, "value"}], "system"?}
+
+Files: .jsonl (one record a line), .json (a list of records), .parquet.
+Every mistake names the file and line (or record number) and says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith.errors import UserError, where
+
+FORMATS = ("conversation", "messages", "alpaca", "sharegpt")
+SUFFIXES = (".jsonl", ".json", ".parquet")
+PLACEHOLDER = re.compile(r"\{\{\s*\w*\s*\}\}")
+
+_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # system | user | assistant
+    content: str
+    trainable: bool = False  # only assistant turns can carry loss
+
+
+@dataclass
+class Conversation:
+    turns: list[Turn]
+    source: str = field(default="", compare=False)  # file:line, for error messages
+
+    @property
+    def system(self) -> str | None:
+        if self.turns and self.turns[0].role == "system":
+            return self.turns[0].content
+        return None
+
+    def messages(self) -> list[dict]:
+        """The turns as chat messages ({"role", "content"}), as HF chat templates take them."""
+        return [{"role": t.role, "content": t.content} for t in self.turns]
+
+
+# ---- reading records ---------------------------------------------------------------------
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield (location, record) for every record of a .jsonl / .json / .parquet file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such data file; check data.files in the config")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+    elif suffix == ".json":
+        yield from _iter_json(path)
+    elif suffix == ".parquet":
+        yield from _iter_parquet(path)
+    else:
+        raise UserError(f"{path}: unsupported data file type; use one of {', '.join(SUFFIXES)}")
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    seen = False
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(
+                    f"{where(path, line_no)}: not valid JSON ({exc.msg}, column {exc.colno}); "
+                    "fix or delete this line"
+                ) from None
+            if not isinstance(record, dict):
+                raise UserError(f"{where(path, line_no)}: a record must be a JSON object")
+            seen = True
+            yield where(path, line_no), record
+    if not seen:
+        raise UserError(f"{path}: the file is empty; add records or remove it from data.files")
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, dict]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{where(path, exc.lineno)}: not valid JSON ({exc.msg}, column {exc.colno})"
+        ) from None
+    if isinstance(data, dict):  # a single record
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"{path}: a .json data file must hold a list of records")
+    if not data:
+        raise UserError(f"{path}: the file is empty; add records or remove it from data.files")
+    for i, record in enumerate(data, 1):
+        if not isinstance(record, dict):
+            raise UserError(f"{path} record {i}: a record must be a JSON object")
+        yield f"{path} record {i}", record
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    if not rows:
+        raise UserError(f"{path}: the file is empty; add records or remove it from data.files")
+    for i, record in enumerate(rows, 1):
+        yield f"{path} row {i}", record
+
+
+# ---- detection and normalisation ----------------------------------------------------------
+
+
+def detect_format(record: dict, loc: str) -> str:
+    if "conversation" in record:
+        return "conversation"
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record or ("output" in record and "input" in record):
+        return "alpaca"
+    raise UserError(
+        f"{loc}: cannot tell the format of a record with keys {sorted(record)}; expected "
+        "'conversation', 'messages', 'conversations' (sharegpt) or 'instruction'/'output' "
+        "(alpaca), or set the format in data.files"
+    )
+
+
+def to_conversation(record: dict, fmt: str, loc: str) -> Conversation:
+    """Normalise one record of format `fmt` into a Conversation (errors name `loc`)."""
+    if fmt == "auto":
+        fmt = detect_format(record, loc)
+    try:
+        convert = _CONVERTERS[fmt]
+    except KeyError:
+        raise UserError(f"{loc}: unknown format '{fmt}'; use auto or one of {FORMATS}") from None
+    turns = convert(record, loc)
+    if not any(t.role == "assistant" for t in turns):
+        raise UserError(f"{loc}: the record has no assistant answer; add one or delete it")
+    return Conversation(turns, source=loc)
+
+
+def _text(value, loc: str, key: str, required: bool = True) -> str:
+    if value is None:
+        if required:
+            raise UserError(f"{loc}: missing '{key}'; every record needs it")
+        return ""
+    if not isinstance(value, str):
+        raise UserError(
+            f"{loc}: '{key}' must be a string, got {type(value).__name__} "
+            f"({json.dumps(value, ensure_ascii=False)[:60]}); flatten it to text"
+        )
+    match = PLACEHOLDER.search(value)
+    if match:
+        raise UserError(
+            f"{loc}: '{key}' still holds the placeholder {match.group(0)}; replace it "
+            "(e.g. `tunesmith data replace IN OUT --old-text {{name}} --new-text NAME`)"
+        )
+    return value
+
+
+def _from_conversation(record: dict, loc: str) -> list[Turn]:
+    items = record["conversation"]
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{loc}: 'conversation' must be a non-empty list of turns")
+    turns: list[Turn] = []
+    for i, item in enumerate(items):
+        key = f"conversation[{i}]"
+        if not isinstance(item, dict):
+            raise UserError(f"{loc}: {key} must be an object with 'input' and 'output'")
+        if i == 0 and item.get("system"):
+            turns.append(Turn("system", _text(item["system"], loc, f"{key}.system")))
+        if "output" not in item:
+            raise UserError(f"{loc}: {key} is missing 'output'; every turn needs an answer")
+        user = _text(item.get("input"), loc, f"{key}.input", required=False)
+        turns.append(Turn("user", user))
+        loss = item.get("output_with_loss", True)
+        turns.append(Turn("assistant", _text(item["output"], loc, f"{key}.output"), bool(loss)))
+    return turns
+
+
+def _from_messages(record: dict, loc: str) -> list[Turn]:
+    items = record["messages"]
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{loc}: 'messages' must be a non-empty list")
+    turns = []
+    for i, item in enumerate(items):
+        key = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise UserError(f"{loc}: {key} must be an object with 'role' and 'content'")
+        role = _ROLES.get(item.get("role"))
+        if role is None:
+            raise UserError(
+                f"{loc}: {key} has unknown role {item.get('role')!r}; use system, user or assistant"
+            )
+        content = _text(item.get("content"), loc, f"{key}.content")
+        trainable = role == "assistant" and bool(item.get("loss", True))
+        turns.append(Turn(role, content, trainable))
+    return _check_order(turns, loc)
+
+
+def _from_alpaca(record: dict, loc: str) -> list[Turn]:
+    if "output" not in record:
+        raise UserError(f"{loc}: missing 'output'; every alpaca record needs an answer")
+    instruction = _text(record.get("instruction"), loc, "instruction", required=False)
+    extra = _text(record.get("input"), loc, "input", required=False)
+    user = f"{instruction}\n{extra}" if instruction and extra else instruction or extra
+    turns = []
+    if record.get("system"):
+        turns.append(Turn("system", _text(record["system"], loc, "system")))
+    turns.append(Turn("user", user))
+    turns.append(Turn("assistant", _text(record["output"], loc, "output"), True))
+    return turns
+
+
+def _from_sharegpt(record: dict, loc: str) -> list[Turn]:
+    items = record["conversations"]
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{loc}: 'conversations' must be a non-empty list")
+    turns = []
+    if record.get("system"):
+        turns.append(Turn("system", _text(record["system"], loc, "system")))
+    for i, item in enumerate(items):
+        key = f"conversations[{i}]"
+        if not isinstance(item, dict):
+            raise UserError(f"{loc}: {key} must be an object with 'from' and 'value'")
+        role = _SHAREGPT_ROLES.get(item.get("from"))
+        if role is None:
+            raise UserError(
+                f"{loc}: {key} has unknown 'from' {item.get('from')!r}; use human, gpt or system"
+            )
+        turns.append(Turn(role, _text(item.get("value"), loc, f"{key}.value"), role == "assistant"))
+    return _check_order(turns, loc)
+
+
+def _check_order(turns: list[Turn], loc: str) -> list[Turn]:
+    for i, turn in enumerate(turns):
+        if turn.role == "system" and i != 0:
+            raise UserError(f"{loc}: a system message must come first (found at position {i})")
+    return turns
+
+
+_CONVERTERS = {
+    "conversation": _from_conversation,
+    "messages": _from_messages,
+    "alpaca": _from_alpaca,
+    "sharegpt": _from_sharegpt,
+}
+
+
+def load_conversations(path: str | Path, fmt: str = "auto") -> list[Conversation]:
+    """Read every record of `path` and normalise it; the format is detected per file."""
+    conversations = []
+    file_fmt = None if fmt == "auto" else fmt
+    for loc, record in iter_records(path):
+        if file_fmt is None:
+            file_fmt = detect_format(record, loc)
+        conversations.append(to_conversation(record, file_fmt, loc))
+    return conversations
