@@ -220,3 +220,12 @@ def test_list_recipes_has_the_required_recipes():
         "llama3_8b_instruct_qlora_e3",
         IDENTITY,
     } <= set(list_recipes())
+
+
+def test_data_files_accept_string_mapping_or_list_and_reject_others():
+    one = load_config(IDENTITY, ["data.files=x.jsonl"]).data.files
+    mapping = load_config(IDENTITY, ["data.files={path: y.json, format: alpaca}"]).data.files
+    assert [(f.path, f.format) for f in one] == [("x.jsonl", "auto")]
+    assert [(f.path, f.format) for f in mapping] == [("y.json", "alpaca")]
+    with pytest.raises(UserError, match="'data.files'"):
+        load_config(IDENTITY, ["data.files=5"])

@@ -31,7 +31,9 @@ class ModelConfig(_Part):
     path: str = Field("smollm2-135m-instruct", alias="pretrained_model_name_or_path")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # auto: sdpa on CPU; on CUDA the fastest available for packed batches
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = (
+        "auto"
+    )
     trust_remote_code: bool = False
     # Fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA.
     use_liger: bool | Literal["auto"] = "auto"
@@ -79,9 +81,13 @@ class DataConfig(_Part):
     @field_validator("files", mode="before")
     @classmethod
     def _files_from_strings(cls, value):
-        if isinstance(value, str):
+        if value is None:
+            return []
+        if isinstance(value, str | dict):
             value = [value]
-        return [{"path": v} if isinstance(v, str) else v for v in (value or [])]
+        if not isinstance(value, list | tuple):
+            return value  # pydantic reports the wrong type, naming data.files
+        return [{"path": v} if isinstance(v, str) else v for v in value]
 
 
 class TrainConfig(_Part):
