@@ -229,3 +229,9 @@ def test_data_files_accept_string_mapping_or_list_and_reject_others():
     assert [(f.path, f.format) for f in mapping] == [("y.json", "alpaca")]
     with pytest.raises(UserError, match="'data.files'"):
         load_config(IDENTITY, ["data.files=5"])
+
+
+def test_duplicate_key_in_yaml_is_an_error(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 1.0e-4\n  batch_size: 2\n  lr: 2.0e-4\n")
+    with pytest.raises(UserError, match=rf"{path}:4: 'train.lr' is set twice \(also on line 2\)"):
+        load_config(str(path))

@@ -100,20 +100,25 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{source}{line}: not valid YAML ({problem}); fix the file") from None
     lines: dict[tuple, int] = {}
-    _key_lines(node, (), lines)
+    _key_lines(node, (), lines, source)
     return data, lines
 
 
-def _key_lines(node, path: tuple, out: dict[tuple, int]) -> None:
+def _key_lines(node, path: tuple, out: dict[tuple, int], source: str) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = key_node.value
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _key_lines(value_node, path + (key,), out)
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if path + (key,) in out:  # PyYAML would silently keep the last one
+                raise UserError(
+                    f"{source}:{line}: '{_dotted(path + (key,))}' is set twice (also on line "
+                    f"{out[path + (key,)]}); keep one"
+                )
+            out[path + (key,)] = line
+            _key_lines(value_node, path + (key,), out, source)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
-            _key_lines(item, path + (i,), out)
+            _key_lines(item, path + (i,), out, source)
 
 
 def parse_value(text: str) -> Any:
