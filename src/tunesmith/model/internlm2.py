@@ -347,6 +347,8 @@ def llama_checkpoint(path: str | Path) -> Path:
             "auto_map": config_dict.get("auto_map"),
         }
         config.save_pretrained(tmp)
+        if (path / "generation_config.json").is_file():  # chat models stop at <|im_end|> too
+            shutil.copy(path / "generation_config.json", tmp / "generation_config.json")
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -410,9 +412,12 @@ def _read_tokenizer_config(path: Path) -> dict:
 def _convert_tokenizer(model_file: Path, tokenizer_config: dict):
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+    from transformers.convert_slow_tokenizer import SpmConverter
 
-    proto = import_protobuf().ModelProto()
+    # transformers' own protobuf schema: no sentencepiece library (nor its version) involved
+    from transformers.utils import sentencepiece_model_pb2_new as sentencepiece_model
+
+    proto = sentencepiece_model.ModelProto()
     try:
         proto.ParseFromString(model_file.read_bytes())
     except Exception as err:  # protobuf's DecodeError has no stable import path

@@ -106,9 +106,12 @@ def load_model(
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         return model
-    if model_type(path) == internlm2.MODEL_TYPE:
-        path = str(internlm2.llama_checkpoint(path))
-    return _from_pretrained(AutoModelForCausalLM, path, model_cfg.trust_remote_code, **kwargs)
+    if model_type(path) != internlm2.MODEL_TYPE:
+        return _from_pretrained(AutoModelForCausalLM, path, model_cfg.trust_remote_code, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(internlm2.llama_checkpoint(path), **kwargs)
+    # adapters and exports name the user's checkpoint as their base, not the cache copy
+    model.config.name_or_path = model.name_or_path = path
+    return model
 
 
 def attn_implementation(name: str, device: str) -> str:

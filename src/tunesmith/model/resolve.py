@@ -22,7 +22,9 @@ def resolve_model_path(name_or_path: str, with_weights: bool = True) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if path.is_dir() and not (path / "config.json").exists() and not list(path.glob("*.gguf")):
-            raise UserError(f"{path} is a directory but holds no config.json: not a model directory")
+            raise UserError(
+                f"{path} is a directory but holds no config.json: not a model directory"
+            )
         return str(path)
     if _HUB_ID.match(name_or_path) and not name_or_path.startswith(("./", "../", "/")):
         from huggingface_hub import try_to_load_from_cache
@@ -36,9 +38,7 @@ def resolve_model_path(name_or_path: str, with_weights: bool = True) -> str:
             f"(e.g. `huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR"
         )
     known = ", ".join(EMBEDDED)
-    raise UserError(
-        f"model path '{name_or_path}' does not exist (embedded models: {known})"
-    )
+    raise UserError(f"model path '{name_or_path}' does not exist (embedded models: {known})")
 
 
 def offline_env() -> None:
