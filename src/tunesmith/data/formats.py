@@ -1,6 +1,6 @@
 """Dataset formats -> one common `Conversation`.
 
-Supported record shapes (auto-detected per file, or set per file in the config):
+Supported record shapes (auto-detected per record, or set per file in the config):
 
 - conversation (XTuner): {"conversation": [{"system"?, "input", "output", "output_with_loss"?}]}
 - messages (OpenAI):     {"messages": [{"role": system|user|assistant, "content", "loss"?}]}
@@ -270,11 +270,5 @@ _CONVERTERS = {
 
 
 def load_conversations(path: str | Path, fmt: str = "auto") -> list[Conversation]:
-    """Read every record of `path` and normalise it; the format is detected per file."""
-    conversations = []
-    file_fmt = None if fmt == "auto" else fmt
-    for loc, record in iter_records(path):
-        if file_fmt is None:
-            file_fmt = detect_format(record, loc)
-        conversations.append(to_conversation(record, file_fmt, loc))
-    return conversations
+    """Read every record of `path` and normalise it (format `auto`: detected per record)."""
+    return [to_conversation(record, fmt, loc) for loc, record in iter_records(path)]
