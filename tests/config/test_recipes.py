@@ -58,3 +58,10 @@ def test_identity_recipe_is_cpu_friendly():
     assert (cfg.data.max_length, cfg.data.pack_to_max_length) == (512, True)
     assert cfg.data.template == "auto" and cfg.guard.enabled
     assert cfg.train.gradient_checkpointing is False
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_recipe_template_is_one_tunesmith_has(name):
+    from tunesmith.data.templates import TEMPLATE_NAMES
+
+    assert load_config(name).data.template in TEMPLATE_NAMES

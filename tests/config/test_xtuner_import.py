@@ -176,3 +176,14 @@ def test_convert_cfg_bad_python_is_user_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{src}:" in err and "not valid Python" in err
     assert main(["convert-cfg", str(tmp_path / "missing.py"), str(tmp_path / "o.yaml")]) == 2
+
+
+def test_template_tunesmith_lacks_becomes_auto_with_a_note(tmp_path):
+    src = TUTORIAL_LOCAL.read_text(encoding="utf-8")
+    path = tmp_path / "mistral.py"
+    path.write_text(
+        src.replace("PROMPT_TEMPLATE.internlm2_chat", "PROMPT_TEMPLATE.mistral"), encoding="utf-8"
+    )
+    data, notes = convert_xtuner_config(path)
+    assert load_config_dict(data).data.template == "auto"
+    assert any("template mistral" in n for n in notes)

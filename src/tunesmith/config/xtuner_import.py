@@ -404,7 +404,7 @@ class _Mapper:
                     out[key] = ds[key]
         template = template if template is not None else self.var("prompt_template")
         if isinstance(template, Ref):
-            out["template"] = template.last
+            out["template"] = self._template(template.last)
         elif template is not None and not isinstance(template, Unknown):
             self.note(
                 "prompt_template",
@@ -420,6 +420,18 @@ class _Mapper:
         if isinstance(sampler, dict) and isinstance(sampler.get("shuffle"), bool):
             out["shuffle"] = sampler["shuffle"]
         return out
+
+    def _template(self, name: str) -> str:
+        from tunesmith.data.templates import TEMPLATE_NAMES
+
+        if name in TEMPLATE_NAMES:
+            return name
+        self.note(
+            "prompt_template",
+            f"template {name} is not built into tunesmith; data.template set to auto (the "
+            f"tokenizer's own chat template); or pick one of {', '.join(TEMPLATE_NAMES[1:])}",
+        )
+        return "auto"
 
     def _datasets(self, dataset: Any) -> list[dict]:
         if not isinstance(dataset, dict):
