@@ -105,11 +105,13 @@ def internlm2_tokenizer_model() -> Path:
     return ASSET
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
     """Converted InternLM2 checkpoints and tokenizers go to a test cache, not ~/.cache."""
-    root = tmp_path_factory.getbasetemp() / "tunesmith-cache"
-    monkeypatch.setattr("tunesmith.model.internlm2.cache_root", lambda: root)
+    root = tmp_path_factory.mktemp("tunesmith-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tunesmith.model.internlm2.cache_root", lambda: root)
+        yield
 
 
 @pytest.fixture(scope="session")
