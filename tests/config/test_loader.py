@@ -166,6 +166,7 @@ def test_parse_value_reads_yaml_scalars_and_keeps_sentences():
     assert parse_value("true") is True
     assert parse_value("[1, 2]") == [1, 2]
     assert parse_value("null") is None
+    assert parse_value("None") is None
     assert parse_value("a: b") == "a: b"
     assert parse_value("") == ""
 

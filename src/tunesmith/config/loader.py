@@ -123,6 +123,8 @@ def _key_lines(node, path: tuple, out: dict[tuple, int], source: str) -> None:
 
 def parse_value(text: str) -> Any:
     """An override value: YAML (`1e-4`, `true`, `[0.9, 0.95]`, `null`), else the raw string."""
+    if text.strip() == "None":  # Python's spelling, as XTuner users write it
+        return None
     try:
         value = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:
@@ -130,7 +132,7 @@ def parse_value(text: str) -> Any:
     # `SYSTEM=Note: be brief` is a sentence, not a mapping
     if isinstance(value, dict | list) and not text.lstrip().startswith(("{", "[")):
         return text
-    return text if value is None and text.strip() not in ("null", "~", "None") else value
+    return text if value is None and text.strip() not in ("null", "~") else value
 
 
 # --------------------------------------------------------------------- recipes
