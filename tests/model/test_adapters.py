@@ -111,3 +111,19 @@ def test_qlora_on_cpu_trains(tiny_model_dir):
     # the norms and head are not upcast or unfrozen
     head = model.get_base_model().lm_head
     assert not head.weight.requires_grad
+
+
+def test_8bit_lora_on_cpu_backpropagates(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    model = load_model(
+        ModelConfig(path=str(tiny_model_dir)), quantization=QuantizationConfig(bits=8), device="cpu"
+    )
+    model = apply_lora(model, LoraConfig(r=4, dropout=0.0))
+    assert isinstance(
+        model.get_base_model().model.layers[0].mlp.up_proj.base_layer, bnb.nn.Linear8bitLt
+    )
+    ids = torch.randint(3, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
