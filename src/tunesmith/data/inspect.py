@@ -1,0 +1,131 @@
+"""`data check` and `data show`: what the model will be trained on, before training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.data.formats import SUFFIXES, detect_format, iter_records, to_conversation
+from tunesmith.data.tokenize import IGNORE
+from tunesmith.errors import UserError
+
+MAX_ERRORS_SHOWN = 20
+
+
+@dataclass
+class FileReport:
+    path: str
+    records: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    trainable: int = 0
+
+
+def is_data_file(target: str) -> bool:
+    return Path(target).suffix.lower() in SUFFIXES
+
+
+def check_files(
+    files, tokenizer, template, default_system, max_length, progress=True
+) -> list[FileReport]:
+    """Validate every record of every file (collecting all errors) and measure token lengths."""
+    from tunesmith.data.dataset import tokenize_conversations
+
+    reports = []
+    for entry in files:
+        report = FileReport(entry.path)
+        conversations = []
+        try:
+            for loc, record in iter_records(entry.path):
+                report.records += 1
+                try:
+                    fmt = detect_format(record, loc) if entry.format == "auto" else entry.format
+                    conversations.append(to_conversation(record, fmt, loc))
+                    report.formats[fmt] = report.formats.get(fmt, 0) + 1
+                except UserError as exc:
+                    report.errors.append(str(exc))
+        except UserError as exc:  # the file itself is unreadable (missing, empty, bad JSON line)
+            report.errors.append(str(exc))
+        if not report.errors:
+            ids, labels = tokenize_conversations(
+                conversations,
+                tokenizer,
+                template,
+                default_system,
+                progress=progress,
+                desc=entry.path,
+            )
+            report.lengths = [len(x) for x in ids]
+            report.trainable = int(sum(int((lab != IGNORE).sum()) for lab in labels))
+        reports.append(report)
+    return reports
+
+
+def format_report(reports: list[FileReport], max_length: int, template_name: str) -> str:
+    lines = []
+    for r in reports:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.formats.items())) or "-"
+        lines.append(f"{r.path}: {r.records} records ({kinds})")
+        for err in r.errors[:MAX_ERRORS_SHOWN]:
+            lines.append(f"  error: {err}")
+        if len(r.errors) > MAX_ERRORS_SHOWN:
+            lines.append(f"  ... and {len(r.errors) - MAX_ERRORS_SHOWN} more errors")
+    lengths = np.array([n for r in reports for n in r.lengths])
+    if len(lengths):
+        p50, p95 = np.percentile(lengths, [50, 95])
+        truncated = int((lengths > max_length).sum())
+        lines.append(
+            f"tokens per record (template {template_name}): min {lengths.min()}, "
+            f"median {p50:.0f}, p95 {p95:.0f}, max {lengths.max()}, total {lengths.sum():,} "
+            f"({sum(r.trainable for r in reports):,} with loss)"
+        )
+        lines.append(f"truncated at max_length {max_length}: {truncated} of {len(lengths)} records")
+    return "\n".join(lines)
+
+
+def masked_text(tokenizer, ids, labels, open_mark: str = "[[", close_mark: str = "]]") -> str:
+    """The document's text with every run of tokens that carries no loss put in [[ ]]."""
+    out, run, run_masked = [], [], None
+    for token, label in zip(ids.tolist(), labels.tolist(), strict=True):
+        masked = label == IGNORE
+        if run and masked != run_masked:
+            out.append(_piece(tokenizer, run, run_masked, open_mark, close_mark))
+            run = []
+        run.append(token)
+        run_masked = masked
+    if run:
+        out.append(_piece(tokenizer, run, run_masked, open_mark, close_mark))
+    return "".join(out)
+
+
+def _piece(tokenizer, tokens, masked, open_mark, close_mark) -> str:
+    text = tokenizer.decode(tokens, skip_special_tokens=False)
+    return f"{open_mark}{text}{close_mark}" if masked else text
+
+
+def show_document(dataset, tokenizer, index: int, what: str) -> str:
+    if not 0 <= index < dataset.num_documents:
+        raise UserError(
+            f"--index {index} is out of range: the dataset has {dataset.num_documents} records"
+        )
+    ids, labels = dataset.document(index)
+    parts = []
+    if what in ("text", "all"):
+        parts.append(("text", tokenizer.decode(ids.tolist(), skip_special_tokens=False)))
+    if what in ("masked_text", "all"):
+        parts.append(("masked_text ([[ ]] = no loss)", masked_text(tokenizer, ids, labels)))
+    if what in ("input_ids", "all"):
+        parts.append(("input_ids", str(ids.tolist())))
+    if what in ("labels", "all"):
+        parts.append(("labels", str(labels.tolist())))
+    s = dataset.summary
+    header = (
+        f"record {index} of {dataset.num_documents}: {len(ids)} tokens, "
+        f"{int((labels != IGNORE).sum())} with loss | dataset: {s['rows']} rows "
+        f"({'packed' if s['packed'] else 'unpacked'}, max_length {s['max_length']}), "
+        f"{s['truncated']} truncated"
+    )
+    return "\n\n".join([header] + [f"--- {name} ---\n{body}" for name, body in parts])
