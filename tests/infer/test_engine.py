@@ -100,3 +100,33 @@ def test_stop_word_split_across_pieces_is_cut(pieces, expected):
 
 def test_eos_ids_include_end_of_turn(tiny_engine):
     assert tiny_engine.tokenizer.convert_tokens_to_ids("<|im_end|>") in tiny_engine.eos_token_ids
+
+
+def test_load_with_adapter_uses_its_weights_and_its_tokenizer_template(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = "TRAINED-TEMPLATE " + tokenizer.chat_template
+    tokenizer.save_pretrained(tmp_path / "adapter")
+
+    engine = Engine.load(str(tiny_model_dir), adapter=str(tmp_path / "adapter"), device="cpu")
+    assert engine.prompt(MESSAGES).startswith("TRAINED-TEMPLATE ")
+    in_memory = Engine(model, tokenizer)
+    assert engine.generate(MESSAGES, **GREEDY) == in_memory.generate(MESSAGES, **GREEDY)
+    base = Engine.load(str(tiny_model_dir), device="cpu")
+    assert engine.generate(MESSAGES, **GREEDY) != base.generate(MESSAGES, **GREEDY)
+
+
+def test_adapter_dir_without_adapter_config_is_a_user_error(tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match="adapter_config.json"):
+        Engine.load(str(tiny_model_dir), adapter=str(tmp_path))

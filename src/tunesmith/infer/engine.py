@@ -93,7 +93,9 @@ class Engine:
                 "the tokenizer has no chat_template: pass a named template "
                 "(--prompt-template, e.g. chatml or internlm2_chat)"
             )
-        self.stop_words = list(self.template.stop_words) if self.template else []
+        self.stop_words = (
+            list(self.template.stop_words) if self.template else _auto_stops(tokenizer)
+        )
         self.eos_token_ids = self._eos_token_ids()
         # One generation at a time: the model is shared by every caller.
         self._lock = threading.Lock()
@@ -236,6 +238,16 @@ class Engine:
         if not ids:
             raise UserError("the tokenizer defines no eos_token: set one in tokenizer_config.json")
         return ids
+
+
+def _auto_stops(tokenizer) -> list[str]:
+    """The end-of-turn marker of the tokenizer's own chat template, where it can be found."""
+    from tunesmith.data.templates import get_template
+
+    try:
+        return list(get_template("auto", tokenizer).stop_words)
+    except UserError:  # a template that cannot be probed still works for prompting
+        return []
 
 
 def _cut_at_stop_words(pieces: Iterator[str], stop_words: list[str]) -> Iterator[str]:
