@@ -178,6 +178,7 @@ def collect() -> dict:
     import torch
 
     versions = {name: package_version(name) for name in PACKAGES}
+    versions["torch"] = torch.__version__  # names the build (+cpu, +cu130), which metadata may not
     devices = cuda_devices()
     return {
         "tunesmith": __version__,
