@@ -424,27 +424,29 @@ def _convert_tokenizer(model_file: Path, tokenizer_config: dict):
         raise UserError(f"{model_file} is not a sentencepiece model ({err})") from err
     names = dict(CHAT_TOKENS)
     for token_id, token in tokenizer_config.get("added_tokens_decoder", {}).items():
-        names[int(token_id)] = token["content"] if isinstance(token, dict) else str(token)
+        names[int(token_id)] = _token_name(token)
     vocab = {names.get(i, piece.piece): i for i, piece in enumerate(proto.pieces)}
     backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
-    bos, eos, unk = (proto.pieces[i].piece for i in (1, 2, 0))
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{bos}:0 $A:0",
-        pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-        special_tokens=[(bos, 1)],
-    )
-    specials = [names[i] for i in sorted(names) if i < len(proto.pieces) and i > 2]
+    unk, bos, eos = (names.get(i, proto.pieces[i].piece) for i in (0, 1, 2))
+    if tokenizer_config.get("add_bos_token", True):
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, 1)]
+        )
+    specials = [names[i] for i in sorted(names) if 2 < i < len(proto.pieces)]
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=bos,
         eos_token=eos,
         unk_token=unk,
-        pad_token=tokenizer_config.get("pad_token")
-        if isinstance(tokenizer_config.get("pad_token"), str)
-        else eos,
+        pad_token=_token_name(tokenizer_config.get("pad_token")) or eos,
         additional_special_tokens=specials,
         chat_template=tokenizer_config.get("chat_template", CHAT_TEMPLATE),
         clean_up_tokenization_spaces=False,
         model_max_length=tokenizer_config.get("model_max_length", 32768),
     )
+
+
+def _token_name(token) -> str | None:
+    """A token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    return token.get("content") if isinstance(token, dict) else token
