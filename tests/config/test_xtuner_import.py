@@ -187,3 +187,59 @@ def test_template_tunesmith_lacks_becomes_auto_with_a_note(tmp_path):
     data, notes = convert_xtuner_config(path)
     assert load_config_dict(data).data.template == "auto"
     assert any("template mistral" in n for n in notes)
+
+
+FULL_FINETUNE = """
+from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR
+from torch.optim import AdamW
+from transformers import AutoModelForCausalLM
+from xtuner.model import SupervisedFinetune
+from xtuner.utils import PROMPT_TEMPLATE
+from datasets import load_dataset
+from xtuner.dataset import process_hf_dataset
+
+pretrained_model_name_or_path = 'internlm/internlm2_5-7b-chat'
+use_varlen_attn = True
+data_files = ['/data/a.json', '/data/b.json']
+prompt_template = PROMPT_TEMPLATE.internlm2_chat
+max_length = 32768
+lr = 4e-5
+max_epochs = 2
+warm_up_ratio = 0.025
+SYSTEM = ''
+model = dict(type=SupervisedFinetune, use_varlen_attn=use_varlen_attn,
+             llm=dict(type=AutoModelForCausalLM.from_pretrained,
+                      pretrained_model_name_or_path=pretrained_model_name_or_path))
+train_dataset = dict(type=process_hf_dataset,
+                     dataset=dict(type=load_dataset, path='json', data_files=data_files),
+                     max_length=max_length, dataset_map_fn=None, pack_to_max_length=True)
+train_dataloader = dict(batch_size=1, dataset=train_dataset)
+optim_wrapper = dict(type=AmpOptimWrapper, optimizer=dict(type=AdamW, lr=lr, betas=(0.9, 0.95),
+                     weight_decay=0.01), clip_grad=dict(max_norm=1), accumulative_counts=1,
+                     loss_scale='dynamic')
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1 / 40, by_epoch=True, begin=0,
+         end=warm_up_ratio * max_epochs, convert_to_iter_based=True),
+    dict(type=CosineAnnealingLR, eta_min=lr * 0.15, by_epoch=True,
+         begin=warm_up_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
+]
+"""
+
+
+def test_full_finetune_custom_dataset_style_config(tmp_path):
+    path = tmp_path / "full_custom.py"
+    path.write_text(FULL_FINETUNE, encoding="utf-8")
+    data, notes = convert_xtuner_config(path)
+    cfg = load_config_dict(data)
+    assert cfg.method == "full"
+    assert [(f.path, f.format) for f in cfg.data.files] == [
+        ("/data/a.json", "conversation"),
+        ("/data/b.json", "conversation"),
+    ]
+    assert cfg.data.max_length == 32768 and cfg.data.system is None
+    assert cfg.train.warmup_ratio == pytest.approx(0.025)  # read back from the LinearLR's end
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.betas) == (4e-5, 0.01, (0.9, 0.95))
+    assert cfg.train.mixed_precision == "fp16"
+    joined = "\n".join(notes)
+    assert "eta_min" in joined
+    assert "warm_up_ratio" not in joined and "use_varlen_attn" not in joined

@@ -320,9 +320,8 @@ class _Mapper:
     # -- the parts, in config order
 
     def model(self) -> tuple[dict, dict | None, dict | None]:
-        model_cfg = self.var("model", {}) or {}
-        llm = model_cfg.get("llm", {}) if isinstance(model_cfg, dict) else {}
-        llm = llm if isinstance(llm, dict) else {}
+        model_cfg = _dict(self.var("model"))
+        llm = _dict(model_cfg.get("llm"))
         out: dict[str, Any] = {}
         path = llm.get("pretrained_model_name_or_path", self.var("pretrained_model_name_or_path"))
         if self.known(path, "pretrained_model_name_or_path"):
@@ -345,8 +344,8 @@ class _Mapper:
         if isinstance(attn, str):
             out["attn_implementation"] = attn
         quant = self.quantization(llm.get("quantization_config"))
-        lora = self.lora(model_cfg.get("lora") if isinstance(model_cfg, dict) else None)
-        if lora is None and isinstance(model_cfg, dict) and "lora" in model_cfg and quant:
+        lora = self.lora(model_cfg.get("lora"))
+        if lora is None and quant:
             self.note("model", "4-bit quantization without LoRA cannot train; quantization dropped")
             quant = None
         return out, quant, lora
@@ -390,9 +389,8 @@ class _Mapper:
         return out
 
     def data(self) -> dict:
-        loader = self.var("train_dataloader", {}) or {}
-        dataset = loader.get("dataset") if isinstance(loader, dict) else None
-        datasets = self._datasets(dataset)
+        loader = _dict(self.var("train_dataloader"))
+        datasets = self._datasets(loader.get("dataset"))
         out: dict[str, Any] = {"files": []}
         template = None
         for ds in datasets:
@@ -416,7 +414,7 @@ class _Mapper:
         system = self._system()
         if system is not None:
             out["system"] = system
-        sampler = loader.get("sampler") if isinstance(loader, dict) else None
+        sampler = loader.get("sampler")
         if isinstance(sampler, dict) and isinstance(sampler.get("shuffle"), bool):
             out["shuffle"] = sampler["shuffle"]
         return out
@@ -517,27 +515,29 @@ class _Mapper:
 
     def train(self) -> dict:
         out: dict[str, Any] = {}
-        loader = self.var("train_dataloader", {}) or {}
-        wrapper = self.var("optim_wrapper", {}) or {}
-        optimizer = wrapper.get("optimizer", {}) if isinstance(wrapper, dict) else {}
-        train_cfg = self.var("train_cfg", {}) or {}
+        loader = _dict(self.var("train_dataloader"))
+        wrapper = _dict(self.var("optim_wrapper"))
+        optimizer = _dict(wrapper.get("optimizer"))
+        train_cfg = _dict(self.var("train_cfg"))
         candidates = {
-            "batch_size": loader.get("batch_size") if isinstance(loader, dict) else None,
+            "batch_size": loader.get("batch_size"),
             "accumulative_counts": wrapper.get("accumulative_counts"),
-            "max_epochs": train_cfg.get("max_epochs") if isinstance(train_cfg, dict) else None,
+            "max_epochs": train_cfg.get("max_epochs"),
             "lr": optimizer.get("lr"),
             "betas": optimizer.get("betas"),
             "weight_decay": optimizer.get("weight_decay"),
-            "max_norm": (wrapper.get("clip_grad") or {}).get("max_norm")
-            if isinstance(wrapper.get("clip_grad"), dict)
-            else None,
+            "max_norm": _dict(wrapper.get("clip_grad")).get("max_norm"),
             "warmup_ratio": None,
         }
         for key, value in candidates.items():
             value = value if value is not None else self.var(key)
             if self.known(value, key):
                 out[key] = list(value) if isinstance(value, tuple) else value
-        max_iters = train_cfg.get("max_iters") if isinstance(train_cfg, dict) else None
+        if "warmup_ratio" not in out:
+            ratio = self._warmup_from_schedule(out.get("max_epochs"))
+            if ratio is not None:
+                out["warmup_ratio"] = ratio
+        max_iters = train_cfg.get("max_iters")
         if isinstance(max_iters, int):
             out["max_steps"] = max_iters
         opt_type = optimizer.get("type")
@@ -555,8 +555,8 @@ class _Mapper:
             out["gradient_checkpointing"] = (
                 model_cfg.get("use_activation_checkpointing", True) is not False
             )
-        randomness = self.var("randomness", {}) or {}
-        if isinstance(randomness, dict) and isinstance(randomness.get("seed"), int):
+        randomness = _dict(self.var("randomness"))
+        if isinstance(randomness.get("seed"), int):
             out["seed"] = randomness["seed"]
         self._schedule()
         return out
@@ -572,10 +572,31 @@ class _Mapper:
             return "no"
         return None
 
-    def _schedule(self) -> None:
+    def _schedulers(self) -> list[dict]:
         schedulers = self.var("param_scheduler", []) or []
         if isinstance(schedulers, dict):
             schedulers = [schedulers]
+        return (
+            [s for s in schedulers if isinstance(s, dict)] if isinstance(schedulers, list) else []
+        )
+
+    def _warmup_from_schedule(self, max_epochs: Any) -> float | None:
+        """XTuner's warmup is a LinearLR ending at warmup_ratio * max_epochs (by epoch)."""
+        for s in self._schedulers():
+            end = s.get("end")
+            if _name(s.get("type")) != "LinearLR" or not isinstance(end, int | float):
+                continue
+            if s.get("by_epoch", True) and isinstance(max_epochs, int | float) and max_epochs > 0:
+                # the variable it came from (warmup_ratio, warm_up_ratio, ...) is now carried
+                self.used.update(n for n in self.names if "warm" in n.lower())
+                return end / max_epochs
+            self.note(
+                "param_scheduler", "the warmup length could not be read; set train.warmup_ratio"
+            )
+        return None
+
+    def _schedule(self) -> None:
+        schedulers = self._schedulers()
         kinds = [_name(s.get("type")) for s in schedulers if isinstance(s, dict)]
         if kinds and kinds != ["LinearLR", "CosineAnnealingLR"]:
             self.note(
@@ -594,11 +615,9 @@ class _Mapper:
 
     def runtime(self) -> dict:
         out: dict[str, Any] = {}
-        hooks = self.var("default_hooks", {}) or {}
-        checkpoint = hooks.get("checkpoint", {}) if isinstance(hooks, dict) else {}
-        logger = hooks.get("logger", {}) if isinstance(hooks, dict) else {}
-        checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
-        logger = logger if isinstance(logger, dict) else {}
+        hooks = _dict(self.var("default_hooks"))
+        checkpoint = _dict(hooks.get("checkpoint"))
+        logger = _dict(hooks.get("logger"))
         chat_hook = next(
             (h for h in self._hooks() if _name(h.get("type")) == "EvaluateChatHook"), {}
         )
@@ -657,9 +676,16 @@ class _Mapper:
 
 
 def _name(value: Any) -> str | None:
+    """The class or function name of a `type=` value (an imported name or a string)."""
     if isinstance(value, Ref):
         return value.last
+    if isinstance(value, str):
+        return value.rsplit(".", 1)[-1]
     return None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def convert_xtuner_config(path: str | Path) -> tuple[dict, list[str]]:
