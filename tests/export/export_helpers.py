@@ -68,7 +68,9 @@ def tiny_lora_config(model_dir: Path, work_dir: Path, **lora) -> Config:
     )  # fmt: skip
 
 
-def random_adapter(model_dir: Path, out: Path, seed: int = 1, **lora) -> Path:
+def random_adapter(
+    model_dir: Path, out: Path, seed: int = 1, tokenizer_dir: Path | None = None, **lora
+) -> Path:
     """A PEFT adapter on `model_dir` whose lora_B (and DoRA magnitude) are random, not zero."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,7 +88,7 @@ def random_adapter(model_dir: Path, out: Path, seed: int = 1, **lora) -> Path:
             elif "modules_to_save" in name:
                 param.add_(torch.randn(param.shape, generator=gen) * 0.1)
     peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir or model_dir).save_pretrained(out)
     return out
 
 

@@ -155,3 +155,68 @@ def test_merge_refuses_a_non_empty_output_dir(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "merged" / "x").write_text("keep")
     assert _merge(tiny_model_dir, adapter, tmp_path / "merged") == 2
     assert (tmp_path / "merged" / "x").read_text() == "keep"
+
+
+@pytest.fixture
+def internlm2_base(tmp_path, smollm_tokenizer, monkeypatch):
+    """A tiny random checkpoint in the original InternLM2 layout (fused wqkv), plus a tokenizer."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.model import internlm2
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    config = LlamaConfig(
+        vocab_size=len(smollm_tokenizer), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+        eos_token_id=smollm_tokenizer.eos_token_id, pad_token_id=smollm_tokenizer.pad_token_id,
+        bos_token_id=smollm_tokenizer.bos_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(config)
+    state, config_dict = internlm2.llama_to_internlm2(llama.state_dict(), config)
+    base = tmp_path / "internlm2"
+    base.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, base / "model.safetensors")
+    (base / "config.json").write_text(json.dumps(config_dict))
+    (base / "modeling_internlm2.py").write_text("# the remote code InternLM ships\n")
+    smollm_tokenizer.save_pretrained(base)
+    return base
+
+
+@pytest.mark.parametrize("fmt", ["auto", "llama"])
+def test_internlm2_merge_keeps_layout_and_matches_logits(
+    internlm2_base, smollm_tokenizer, tmp_path, fmt
+):
+    from safetensors import safe_open
+
+    from tunesmith.config.schema import ModelConfig
+    from tunesmith.model import internlm2
+    from tunesmith.model.load import load_model
+
+    llama_form = internlm2.llama_checkpoint(internlm2_base)
+    adapter = random_adapter(llama_form, tmp_path / "adapter", tokenizer_dir=internlm2_base)
+    expected = _peft_logits(llama_form, adapter, smollm_tokenizer)
+    out = tmp_path / "merged"
+    assert _merge(internlm2_base, adapter, out, "--format", fmt) == 0
+    config = json.loads((out / "config.json").read_text())
+    with safe_open(out / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    if fmt == "auto":
+        assert config["model_type"] == "internlm2"
+        assert "model.layers.0.attention.wqkv.weight" in names
+        assert (out / "modeling_internlm2.py").exists()
+        merged = load_model(ModelConfig(path=str(out)), device="cpu")
+    else:
+        assert config["model_type"] == "llama"
+        assert "model.layers.0.self_attn.q_proj.weight" in names
+        from transformers import AutoModelForCausalLM
+
+        merged = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(logits_of(merged, smollm_tokenizer), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_internlm2_format_needs_an_internlm2_base(tiny_model_dir, tmp_path, capsys):
+    adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")
+    assert _merge(tiny_model_dir, adapter, tmp_path / "merged", "--format", "internlm2") == 2
+    assert "InternLM2 base" in capsys.readouterr().err
