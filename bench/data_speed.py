@@ -48,13 +48,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=2048)
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
-
     from tunesmith.config.schema import Config
     from tunesmith.data.dataset import build_dataset
-    from tunesmith.model.resolve import resolve_model_path
+    from tunesmith.model.load import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "alpaca.jsonl"
         with open(path, "w") as f:
@@ -70,9 +68,11 @@ def main() -> None:
                 }
             }
         )
-        start = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        start, cpu_start = time.perf_counter(), time.process_time()
         dataset = build_dataset(cfg, tokenizer)
-        cold = time.perf_counter() - start
+        cold, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        load_after = os.getloadavg()[0]
         start = time.perf_counter()
         again = build_dataset(cfg, tokenizer)
         cached = time.perf_counter() - start
@@ -86,7 +86,11 @@ def main() -> None:
         f"records {s['records']:,}  tokens {s['tokens']:,}  trainable {s['trainable_tokens']:,}  "
         f"rows {s['rows']:,}  truncated {s['truncated']}"
     )
-    print(f"cold build: {cold:.2f} s = {s['records'] / cold:,.0f} records/s")
+    print(
+        f"cold build: {cold:.2f} s = {s['records'] / cold:,.0f} records/s "
+        f"(CPU time of this process, all threads: {cpu:.2f} s; "
+        f"load average before/after: {load_before:.1f}/{load_after:.1f})"
+    )
     print(f"cached re-run: {cached:.2f} s")
 
 

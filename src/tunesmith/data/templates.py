@@ -292,7 +292,13 @@ class AutoTemplate(ChatTemplate):
         return [s for s in segments if s.text]
 
     def _prefix(self, messages, generation: bool, expected: str, source: str) -> str:
-        text = self._render(messages, generation)
+        try:
+            text = self._render(messages, generation)
+        except Exception as exc:  # the template's own raise_exception(), or a jinja error
+            raise UserError(
+                f"{source}: the tokenizer's chat template refused this conversation ({exc}); "
+                f"fix the record or set data.template to one of {', '.join(TEMPLATE_NAMES[1:])}"
+            ) from None
         if not text.startswith(expected):
             raise UserError(
                 f"{source}: the tokenizer's chat template does not render this "

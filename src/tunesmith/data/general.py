@@ -1,0 +1,133 @@
+"""The forgetting guard's data: the base model's own answers to general prompts.
+
+A small identity set trains the model to say its new name everywhere, including
+where nobody asked ("Paris. I am Ada."). Mixing in the base model's own greedy
+answers to general prompts (self-distillation) anchors everything else to what
+the base already did, with nothing downloaded. The answers are generated once
+and cached in the work dir, keyed by model, prompts and length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+from tunesmith.config.schema import Config, DataFile
+from tunesmith.errors import UserError, where
+
+GUARD_DIR = "guard"
+_SENTENCE_END = re.compile(r"[.!?。！？\n]")
+
+
+def default_prompts_path() -> Path:
+    return Path(str(resources.files("tunesmith.data") / "assets" / "general_prompts.json"))
+
+
+def load_general_prompts(path: str | Path | None = None) -> list[str]:
+    """The shipped prompts, or a file of your own: a JSON list, {"prompts": [...]}, or one per line."""
+    path = Path(path) if path else default_prompts_path()
+    if not path.is_file():
+        raise UserError(f"guard.prompts: {path} does not exist; give a file of prompts or leave it null")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where(path, err.lineno)}: not valid JSON ({err.msg})") from err
+        prompts = doc.get("prompts") if isinstance(doc, dict) else doc
+    else:
+        prompts = text.splitlines()
+    prompts = [p.strip() for p in prompts or [] if isinstance(p, str) and p.strip()]
+    if not prompts:
+        raise UserError(f"guard.prompts: {path} holds no prompts")
+    return prompts
+
+
+def whole_sentences(text: str) -> str:
+    """An answer cut by the length limit, trimmed back to its last full sentence.
+
+    Training on a cut-off answer followed by end-of-turn would teach the model to
+    stop mid-sentence; with no full sentence at all the answer is dropped ("")."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].strip() if ends else ""
+
+
+def distill(lm, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Conversation records: each prompt with the model's own greedy answer (no system:
+    training gives them the config's system prompt, so the new identity asks for them)."""
+    from tunesmith.eval.generate import greedy_generate
+
+    answers = greedy_generate(
+        lm, prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
+    )
+    records = []
+    for prompt, (text, finished) in zip(prompts, answers, strict=True):
+        text = text if finished else whole_sentences(text)
+        if text:
+            records.append({"conversation": [{"input": prompt, "output": text}]})
+    return records
+
+
+def count_records(cfg: Config) -> int:
+    """Records in the config's data files, with their repeat counts."""
+    from tunesmith.data.formats import iter_records
+
+    return sum(sum(1 for _ in iter_records(f.path)) * f.repeat for f in cfg.data.files)
+
+
+def mix_size(ratio: float, identity_records: int) -> int:
+    """General records to add: `ratio` per identity record."""
+    return round(ratio * identity_records)
+
+
+def _key(cfg: Config, prompts: list[str]) -> dict:
+    digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+    return {"model": cfg.model.path, "prompts": digest, "max_new_tokens": cfg.guard.max_new_tokens}
+
+
+def base_answers(cfg: Config, work_dir: str | Path) -> list[dict]:
+    """The distilled records, from `work_dir/guard/answers.jsonl` when made with the same key."""
+    out = Path(work_dir) / GUARD_DIR
+    prompts = load_general_prompts(cfg.guard.prompts)
+    key = _key(cfg, prompts)
+    answers, key_file = out / "answers.jsonl", out / "key.json"
+    if answers.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        return [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
+
+    from tunesmith.eval.generate import load_for_eval
+
+    lm = load_for_eval(cfg.model.path)
+    records = distill(lm, prompts, cfg.guard.max_new_tokens)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(answers, records)
+    key_file.write_text(json.dumps(key))
+    return records
+
+
+def with_guard(cfg: Config, work_dir: str | Path) -> Config:
+    """`cfg` with the guard's general data added to data.files (unchanged when the guard is off).
+
+    The mix holds `guard.ratio` general records per identity record, cycling through
+    the distilled answers. Calling it again with the same work dir adds nothing twice."""
+    if not cfg.guard.enabled or cfg.guard.ratio == 0:
+        return cfg
+    mix = Path(work_dir) / GUARD_DIR / "general_mix.jsonl"
+    if any(Path(f.path) == mix for f in cfg.data.files):
+        return cfg
+    wanted = mix_size(cfg.guard.ratio, count_records(cfg))
+    records = base_answers(cfg, work_dir)
+    if not records or wanted == 0:
+        return cfg
+    _write_jsonl(mix, [records[i % len(records)] for i in range(wanted)])
+    data = cfg.data.model_copy(update={"files": [*cfg.data.files, DataFile(path=str(mix))]})
+    return cfg.model_copy(update={"data": data})
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
