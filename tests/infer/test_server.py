@@ -126,3 +126,36 @@ def test_bad_request_gets_openai_error_and_server_keeps_serving(
 def test_unknown_model_raises_not_found_in_the_client(client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=ASK, max_tokens=2)
+
+
+def test_serve_command_answers_the_openai_client(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith.cli.main", "serve", str(tiny_model_dir),
+         "--port", str(port), "--device", "cpu", "--api-key", "k1", "--model-name", "mine"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k1", max_retries=0)
+        deadline = time.time() + 120
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert process.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.time() < deadline, "tunesmith serve did not come up"
+                time.sleep(0.3)
+        assert [m.id for m in models.data] == ["mine"]
+        reply = client.chat.completions.create(model="mine", messages=ASK, max_tokens=4)
+        assert reply.choices[0].message.content
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
