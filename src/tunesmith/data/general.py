@@ -30,7 +30,9 @@ def load_general_prompts(path: str | Path | None = None) -> list[str]:
     """The shipped prompts, or a file of your own: a JSON list, {"prompts": [...]}, or one per line."""
     path = Path(path) if path else default_prompts_path()
     if not path.is_file():
-        raise UserError(f"guard.prompts: {path} does not exist; give a file of prompts or leave it null")
+        raise UserError(
+            f"guard.prompts: {path} does not exist; give a file of prompts or leave it null"
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
@@ -129,5 +131,7 @@ def with_guard(cfg: Config, work_dir: str | Path) -> Config:
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
     tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Evaluation: identity hit rate and retention of general ability."""

@@ -1,0 +1,70 @@
+"""Plain-text and Markdown views of the eval reports (the JSON is the record; these are for people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def identity_text(report: dict, answers: bool = True) -> str:
+    langs = ", ".join(
+        f"{lang} {pct(v['hit_rate'])} ({v['hits']}/{v['questions']})"
+        for lang, v in report["by_lang"].items()
+    )
+    lines = [
+        f"identity: {report['name']} by {report['author']}",
+        f"  hit rate {pct(report['hit_rate'])} ({report['hits']}/{report['questions']}): {langs}",
+        f"  states the name {pct(report['name_rate'])}, the author {pct(report['author_rate'])} (where asked)",
+        f"  claims the old identity ({', '.join(report['old_names']) or 'none given'}) "
+        f"in {report['old_claims']} answers",
+    ]
+    if answers:
+        for a in report["answers"]:
+            mark = "ok  " if a["hit"] else "MISS"
+            lines.append(f"  {mark} [{a['lang']}] {a['question']} -> {_one_line(a['answer'])}")
+    return "\n".join(lines)
+
+
+def retention_text(report: dict, answers: bool = True) -> str:
+    facts, drift, leak = report["facts"], report["drift"], report["leakage"]
+    lines = [
+        "retention:",
+        f"  facts: base {facts['base_correct']}/{facts['prompts']}, tuned {facts['tuned_correct']}/"
+        f"{facts['prompts']}; kept {facts['kept']}/{facts['base_correct']} "
+        f"of the base's correct answers ({pct(facts['retention'])})",
+        f"  drift: mean log-prob of the base's answers {drift['base_logprob']:.3f} (base) -> "
+        f"{drift['tuned_logprob']:.3f} (tuned), delta {drift['delta']:+.3f}/token",
+    ]
+    if leak is None:
+        lines.append("  leakage: not measured (give --name / --author)")
+    else:
+        lines.append(
+            f"  leakage: {leak['leaked']}/{leak['answers']} answers mention the new identity "
+            f"unasked ({pct(leak['rate'])})"
+        )
+    if answers:
+        for f in facts["lost"]:
+            lines.append(
+                f"  LOST {f['prompt']} -> {_one_line(f['tuned_answer'])} "
+                f"(base: {_one_line(f['base_answer'], 60)})"
+            )
+        for f in (leak or {}).get("examples", []):
+            lines.append(f"  LEAK {f['prompt']} -> {_one_line(f['answer'])}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,22 @@
+"""Eval fixtures: a tiny random chat model, and one without a chat template."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def no_template_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model with its chat template removed: not a chat model."""
+    out = tmp_path_factory.mktemp("no-template") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    config = out / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data.pop("chat_template", None)
+    config.write_text(json.dumps(data))
+    return out

@@ -1,0 +1,106 @@
+"""`tunesmith eval identity|retention` on a tiny random model: well-formed reports, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+from tunesmith.cli.main import main
+
+
+def _questions(tmp_path):
+    path = tmp_path / "questions.json"
+    path.write_text(
+        json.dumps(
+            {
+                "questions": [
+                    {"lang": "en", "question": "How should I address you?", "asks": "name"},
+                    {"lang": "zh", "question": "谁做了你？", "asks": "author"},
+                ]
+            },
+            ensure_ascii=False,
+        )
+    )
+    return path
+
+
+def test_eval_identity_writes_a_report_with_every_answer(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "identity.json"
+    code = main(
+        [
+            "eval",
+            "identity",
+            str(tiny_model_dir),
+            "--name",
+            "Ada",
+            "--author",
+            "Lab",
+            "--questions",
+            str(_questions(tmp_path)),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["questions"] == 2 and len(report["answers"]) == 2
+    assert set(report["by_lang"]) == {"en", "zh"}
+    assert 0.0 <= report["hit_rate"] <= 1.0
+    assert all(isinstance(a["answer"], str) for a in report["answers"])
+    assert "hit rate" in capsys.readouterr().out
+
+
+def test_eval_identity_on_embedded_alias_defaults_old_names():
+    from tunesmith.cli.eval import default_old_names
+
+    assert default_old_names("smollm2-135m-instruct") == ["SmolLM", "Hugging Face"]
+    assert default_old_names("/some/dir") == []
+
+
+def test_eval_identity_with_empty_name_exits_2(tmp_path, tiny_model_dir, capsys):
+    code = main(["eval", "identity", str(tiny_model_dir), "--name", "  ", "--author", "Lab"])
+    assert code == 2
+    assert "--name is empty" in capsys.readouterr().err
+
+
+def test_eval_identity_of_a_model_without_chat_template_exits_2(no_template_model_dir, capsys):
+    code = main(
+        ["eval", "identity", str(no_template_model_dir), "--name", "Ada", "--author", "Lab"]
+    )
+    assert code == 2
+    assert "no chat template" in capsys.readouterr().err
+
+
+def test_eval_retention_writes_all_three_measures(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(
+        json.dumps(
+            {
+                "facts": [{"prompt": "Capital of France?", "answers": ["paris"]}],
+                "general": ["Describe a cat.", "List two fruits."],
+            }
+        )
+    )
+    out = tmp_path / "retention.json"
+    code = main(
+        [
+            "eval",
+            "retention",
+            str(tiny_model_dir),
+            "--base",
+            str(tiny_model_dir),
+            "--name",
+            "Ada",
+            "--author",
+            "Lab",
+            "--prompts",
+            str(prompts),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["facts"]["prompts"] == 1
+    # the same model as its own base: no drift
+    assert abs(report["drift"]["delta"]) < 1e-4
+    assert report["leakage"]["answers"] == 3

@@ -1,0 +1,88 @@
+"""The forgetting guard's self-distilled data: trimming, mixing by ratio, caching in the work dir."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunesmith.config.schema import Config
+from tunesmith.data import general
+from tunesmith.errors import UserError
+
+
+def test_cut_answer_is_trimmed_to_its_last_sentence():
+    assert general.whole_sentences("Paris is the capital. It has many") == "Paris is the capital."
+    assert general.whole_sentences("巴黎是首都。它有很多") == "巴黎是首都。"
+    assert general.whole_sentences("no sentence end at all") == ""
+
+
+def test_shipped_general_prompts_load():
+    prompts = general.load_general_prompts()
+    assert len(prompts) >= 50
+    assert len(set(prompts)) == len(prompts)
+
+
+def test_prompts_file_with_nothing_in_it_is_a_user_error(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("\n  \n")
+    with pytest.raises(UserError, match="holds no prompts"):
+        general.load_general_prompts(path)
+
+
+def _cfg(tmp_path, ratio=1.0, identity_records=10):
+    data = tmp_path / "identity.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"conversation": [{"input": f"q{i}", "output": f"a{i}"}]}) + "\n"
+            for i in range(identity_records)
+        )
+    )
+    return Config.model_validate(
+        {
+            "data": {"files": [{"path": str(data), "repeat": 2}]},
+            "guard": {"enabled": True, "ratio": ratio},
+        }
+    )
+
+
+@pytest.fixture
+def fake_base(monkeypatch):
+    """Base answers without a model; counts how often the base is asked."""
+    calls = []
+
+    def fake_load(model, adapter=None, device="auto"):
+        calls.append(model)
+        return object()
+
+    def fake_distill(lm, prompts, max_new_tokens):
+        return [{"conversation": [{"input": p, "output": f"answer to {p}"}]} for p in prompts[:3]]
+
+    monkeypatch.setattr("tunesmith.eval.generate.load_for_eval", fake_load)
+    monkeypatch.setattr(general, "distill", fake_distill)
+    return calls
+
+
+def test_guard_adds_ratio_general_records_per_identity_record(tmp_path, fake_base):
+    cfg = general.with_guard(_cfg(tmp_path, ratio=0.5), tmp_path / "work")
+    assert len(cfg.data.files) == 2
+    mix = [json.loads(line) for line in open(cfg.data.files[1].path)]
+    assert len(mix) == 10  # 0.5 x (10 records x repeat 2)
+    assert {r["conversation"][0]["output"] for r in mix} == {
+        f"answer to {p}" for p in general.load_general_prompts()[:3]
+    }
+
+
+def test_guard_answers_are_made_once_per_work_dir(tmp_path, fake_base):
+    cfg = _cfg(tmp_path)
+    general.with_guard(cfg, tmp_path / "work")
+    again = general.with_guard(cfg, tmp_path / "work")
+    assert len(fake_base) == 1
+    assert general.with_guard(again, tmp_path / "work") == again  # never added twice
+
+
+def test_guard_off_leaves_the_config_alone(tmp_path, fake_base):
+    cfg = _cfg(tmp_path)
+    off = cfg.model_copy(update={"guard": cfg.guard.model_copy(update={"enabled": False})})
+    assert general.with_guard(off, tmp_path / "work") is off
+    assert fake_base == []
