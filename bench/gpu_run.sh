@@ -40,11 +40,12 @@ run() {
 case "${1:-single}" in
 single)
   run base_qlora 200 python3 .bench/baseline_hf_peft.py qlora 2048 4 ckpt
-  run ts_qlora 150 python3 bench/gpu_train.py qlora --check-attn
-  run base_lora 150 python3 .bench/baseline_hf_peft.py lora 2048 4 ckpt
-  run ts_lora 120 python3 bench/gpu_train.py lora
+  run ts_qlora 120 python3 bench/gpu_train.py qlora --check-attn
   run ts_qlora_sdpa 100 python3 bench/gpu_train.py qlora --attn sdpa
   run ts_qlora_noliger 100 python3 bench/gpu_train.py qlora --liger off
+  run base_lora 120 python3 .bench/baseline_hf_peft.py lora 2048 4 ckpt
+  run ts_lora 100 python3 bench/gpu_train.py lora
+  run ts_qlora_flex 100 python3 bench/gpu_train.py qlora --attn flex_attention
   ;;
 multi)
   run ts_qlora_1gpu 200 python3 bench/gpu_train.py qlora

@@ -43,7 +43,7 @@ DIMS = dict(
 
 def _sync() -> None:
     if torch.cuda.is_available():
-        _sync()
+        torch.cuda.synchronize()
 
 
 def _peak_gib() -> float:
@@ -198,7 +198,12 @@ def main() -> None:
         seed=accelerator.process_index,
         device=accelerator.device,
     )
-    extra = check_attention(model, next(batches)) if args.check_attn else {}
+    extra = {}
+    if args.check_attn:
+        try:
+            extra = check_attention(model, next(batches))
+        except Exception as err:  # report it beside the timing rather than lose the run
+            extra = {"attn_check_error": repr(err)[:300]}
     times, losses = [], []
     for _ in range(args.steps):
         batch = next(batches)

@@ -52,17 +52,18 @@ def strategy_name(name: str) -> str:
     )
 
 
-def mixed_precision(cfg, cuda: bool | None = None) -> str:
-    """accelerate's mixed_precision for `train.mixed_precision`: auto = bf16 (fp16 on older GPUs), no on CPU."""
+def mixed_precision(cfg, cuda: bool | None = None, bf16: bool | None = None) -> str:
+    """accelerate's mixed_precision for `train.mixed_precision`: auto = bf16 (fp16 on GPUs
+    without bf16), no on CPU. `cuda` / `bf16` default to what this machine has."""
     import torch
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    wanted = cfg.train.mixed_precision
     if not cuda:
         return "no"
-    if wanted != "auto":
-        return wanted
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if cfg.train.mixed_precision != "auto":
+        return cfg.train.mixed_precision
+    bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16
+    return "bf16" if bf16 else "fp16"
 
 
 def deepspeed_config(name_or_path: str, cfg, precision: str = "bf16") -> dict:
@@ -129,9 +130,11 @@ def _read_json(path: Path) -> dict:
     return ds
 
 
-def accelerator_kwargs(cfg, deepspeed: str | None = None, cuda: bool | None = None) -> dict:
+def accelerator_kwargs(
+    cfg, deepspeed: str | None = None, cuda: bool | None = None, bf16: bool | None = None
+) -> dict:
     """Keyword arguments for `accelerate.Accelerator` (plugins included)."""
-    precision = mixed_precision(cfg, cuda)
+    precision = mixed_precision(cfg, cuda, bf16)
     kwargs: dict = {
         "mixed_precision": precision,
         "gradient_accumulation_steps": cfg.train.accumulative_counts,

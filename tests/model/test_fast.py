@@ -1,0 +1,150 @@
+"""optimize_for_training: what can be checked without a GPU (the plan, the fallbacks, the helpers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tunesmith.config.schema import Config
+from tunesmith.model import fast
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def make_cfg(**model) -> Config:
+    return Config.model_validate({"model": model})
+
+
+def test_optimize_is_a_no_op_on_cpu():
+    model = tiny_llama()
+    x = torch.randint(0, 128, (2, 12))
+    before = model(input_ids=x).logits
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+
+    out = fast.optimize_for_training(model, make_cfg(use_liger=True))
+
+    assert out is model
+    assert model.config._attn_implementation == "sdpa"
+    assert "forward" not in vars(model)
+    assert {name: p.dtype for name, p in model.named_parameters()} == dtypes
+    assert torch.equal(model(input_ids=x).logits, before)
+
+
+def test_plan_is_empty_off_cuda():
+    assert (
+        fast.plan_for(make_cfg(), "cpu", liger_available=True, varlen_available=True) == fast.Plan()
+    )
+
+
+def test_plan_on_cuda_uses_liger_varlen_and_compute_dtype():
+    plan = fast.plan_for(
+        make_cfg(dtype="bf16"), "cuda", liger_available=True, varlen_available=True
+    )
+    assert plan == fast.Plan(cast_frozen_to=torch.bfloat16, liger=True, attention=fast.VARLEN)
+
+
+def test_plan_without_liger_installed_falls_back_to_plain_kernels():
+    plan = fast.plan_for(
+        make_cfg(use_liger=True), "cuda", liger_available=False, varlen_available=True
+    )
+    assert plan.liger is False
+    assert plan.attention == fast.VARLEN
+
+
+def test_plan_honours_use_liger_false():
+    plan = fast.plan_for(
+        make_cfg(use_liger=False), "cuda", liger_available=True, varlen_available=True
+    )
+    assert plan.liger is False
+
+
+def test_plan_keeps_an_explicit_attention_choice():
+    cfg = make_cfg(attn_implementation="sdpa")
+    assert fast.plan_for(cfg, "cuda", True, True).attention is None
+
+
+def test_plan_keeps_sdpa_for_padded_batches():
+    cfg = Config.model_validate({"data": {"pack_to_max_length": False}})
+    assert fast.plan_for(cfg, "cuda", True, True).attention is None
+
+
+def test_plan_without_varlen_kernel_keeps_sdpa():
+    assert fast.plan_for(make_cfg(), "cuda", True, varlen_available=False).attention is None
+
+
+def test_plan_for_fp32_model_casts_nothing():
+    assert fast.plan_for(make_cfg(dtype="fp32"), "cuda", True, True).cast_frozen_to is None
+
+
+def test_cast_frozen_float32_casts_frozen_weights_and_keeps_trainable_ones():
+    model = tiny_llama()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    trainable = model.model.layers[0].self_attn.q_proj.weight
+    trainable.requires_grad_(True)
+
+    cast = fast.cast_frozen_float32(model, torch.bfloat16)
+
+    assert cast == sum(1 for _ in model.parameters()) - 1
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert trainable.dtype == torch.float32
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_unwrap_returns_the_model_inside_a_peft_model():
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_llama()
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert fast.unwrap(peft_model) is model
+    assert fast.unwrap(model) is model
+
+
+def test_cu_seqlens_from_positions_restarting_per_document():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]])
+    offsets, longest = fast.cu_seqlens(positions)
+    assert offsets.tolist() == [0, 3, 5, 10, 16, 20]
+    assert offsets.dtype == torch.int32
+    assert longest == 6
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_varlen_attention_off_cuda_gives_sdpa_logits(padded):
+    model = tiny_llama()
+    x = torch.randint(0, 128, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    if padded:
+        mask[1, :4] = 0
+    expected = model(input_ids=x, attention_mask=mask).logits
+
+    fast.register_varlen_attention()
+    model.set_attn_implementation(fast.VARLEN)
+    got = model(input_ids=x, attention_mask=mask).logits
+
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], expected[keep])
+
+
+def test_varlen_attention_off_cuda_generates_like_sdpa():
+    model = tiny_llama(seed=1)
+    prompt = torch.randint(0, 128, (1, 8))
+    expected = model.generate(prompt, max_new_tokens=6, do_sample=False)
+
+    fast.register_varlen_attention()
+    model.set_attn_implementation(fast.VARLEN)
+
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), expected)

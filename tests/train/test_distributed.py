@@ -1,0 +1,214 @@
+"""Distributed setup without GPUs: strategy names, the DeepSpeed JSON, the torchrun re-launch."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tunesmith.config.schema import Config
+from tunesmith.errors import UserError
+from tunesmith.train import distributed as dist
+
+
+def make_cfg(**train) -> Config:
+    return Config.model_validate({"train": train})
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("deepspeed_zero1", "zero1"),
+        ("deepspeed_zero2", "zero2"),
+        ("deepspeed_zero2_offload", "zero2_offload"),
+        ("deepspeed_zero3", "zero3"),
+        ("deepspeed_zero3_offload", "zero3_offload"),
+        ("zero2", "zero2"),
+        ("ZeRO3", "zero3"),
+        ("fsdp", "fsdp2"),
+        ("fsdp2", "fsdp2"),
+    ],
+)
+def test_strategy_names_accept_xtuner_and_short_names(name, expected):
+    assert dist.strategy_name(name) == expected
+
+
+def test_unknown_strategy_is_a_user_error_listing_the_names():
+    with pytest.raises(UserError, match="deepspeed_zero2"):
+        dist.strategy_name("zero4")
+
+
+def test_zero2_json_takes_batch_accumulation_and_clipping_from_the_config():
+    cfg = make_cfg(batch_size=4, accumulative_counts=16, max_norm=0.5)
+    ds = dist.deepspeed_config("deepspeed_zero2", cfg, precision="bf16")
+    assert ds["zero_optimization"]["stage"] == 2
+    assert "offload_optimizer" not in ds["zero_optimization"]
+    assert ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["gradient_accumulation_steps"] == 16
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"]["enabled"] is True
+    assert ds["fp16"]["enabled"] is False
+    assert "optimizer" not in ds and "scheduler" not in ds
+    json.dumps(ds)  # a plain JSON document
+
+
+def test_zero3_offload_offloads_optimizer_and_parameters():
+    ds = dist.deepspeed_config("zero3_offload", make_cfg(), precision="fp16")
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3
+    assert zero["offload_optimizer"]["device"] == "cpu"
+    assert zero["offload_param"]["device"] == "cpu"
+    assert ds["fp16"]["enabled"] is True and ds["bf16"]["enabled"] is False
+
+
+def test_zero2_offload_offloads_only_the_optimizer():
+    zero = dist.deepspeed_config("deepspeed_zero2_offload", make_cfg())["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == "cpu"
+    assert "offload_param" not in zero
+
+
+def test_user_json_keeps_its_values_and_fills_auto_ones(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 1},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": 8,
+                "bf16": {"enabled": "auto"},
+            }
+        )
+    )
+    ds = dist.deepspeed_config(str(path), make_cfg(batch_size=2, accumulative_counts=4))
+    assert ds["zero_optimization"] == {"stage": 1}
+    assert ds["train_micro_batch_size_per_gpu"] == 2
+    assert ds["gradient_accumulation_steps"] == 8
+    assert ds["bf16"]["enabled"] is True
+
+
+def test_user_json_with_an_optimizer_is_refused(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
+    with pytest.raises(UserError, match="optimizer"):
+        dist.deepspeed_config(str(path), make_cfg())
+
+
+def test_broken_json_names_the_file_and_line(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text('{\n  "zero_optimization": {"stage": 2,}\n}')
+    with pytest.raises(UserError, match=r"ds\.json:2"):
+        dist.deepspeed_config(str(path), make_cfg())
+
+
+def test_missing_json_file_says_what_to_give():
+    with pytest.raises(UserError, match="not found"):
+        dist.deepspeed_config("/nonexistent/ds.json", make_cfg())
+
+
+@pytest.mark.parametrize(
+    ("wanted", "cuda", "bf16", "expected"),
+    [
+        ("auto", False, False, "no"),
+        ("bf16", False, True, "no"),
+        ("auto", True, True, "bf16"),
+        ("auto", True, False, "fp16"),
+        ("fp16", True, True, "fp16"),
+    ],
+)
+def test_mixed_precision_follows_the_device(wanted, cuda, bf16, expected):
+    assert dist.mixed_precision(make_cfg(mixed_precision=wanted), cuda=cuda, bf16=bf16) == expected
+
+
+def test_accelerator_kwargs_plain_run_has_no_plugins():
+    kwargs = dist.accelerator_kwargs(make_cfg(accumulative_counts=3), cuda=False)
+    assert kwargs == {"mixed_precision": "no", "gradient_accumulation_steps": 3}
+
+
+def test_accelerator_kwargs_for_zero2_carry_the_generated_json():
+    kwargs = dist.accelerator_kwargs(
+        make_cfg(batch_size=2), "deepspeed_zero2", cuda=True, bf16=True
+    )
+    plugin = kwargs["deepspeed_plugin"]
+    assert plugin.zero_stage == 2
+    assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 2
+    assert kwargs["mixed_precision"] == "bf16"
+
+
+def test_accelerator_kwargs_for_fsdp2_use_fsdp_version_2():
+    kwargs = dist.accelerator_kwargs(make_cfg(), "fsdp2", cuda=True, bf16=True)
+    assert kwargs["fsdp_plugin"].fsdp_version == 2
+    assert "deepspeed_plugin" not in kwargs
+
+
+def test_make_accelerator_without_deepspeed_installed_says_how(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    with pytest.raises(UserError, match=r"tunesmith\[deepspeed\]"):
+        dist.make_accelerator(make_cfg(), deepspeed="zero2")
+
+
+def test_relaunch_command_runs_tunesmith_under_torchrun():
+    cmd = dist.relaunch_command(
+        ["train", "cfg.yaml", "--deepspeed", "deepspeed_zero2"],
+        {"NPROC_PER_NODE": "2"},
+        python="py",
+    )
+    assert cmd[:3] == ["py", "-m", "torch.distributed.run"]
+    assert "--nproc_per_node=2" in cmd
+    assert cmd[cmd.index("-m", 3) :] == [
+        "-m",
+        "tunesmith.cli.main",
+        "train",
+        "cfg.yaml",
+        "--deepspeed",
+        "deepspeed_zero2",
+    ]
+
+
+def test_relaunch_command_multi_node_reads_xtuner_variables():
+    env = {
+        "NPROC_PER_NODE": "8",
+        "NNODES": "2",
+        "NODE_RANK": "1",
+        "ADDR": "10.0.0.1",
+        "PORT": "29600",
+    }
+    cmd = dist.relaunch_command(["cfg.yaml"], env, python="py")
+    for flag in ("--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=29600"):
+        assert flag in cmd
+    assert cmd[-2:] == ["train", "cfg.yaml"]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"NPROC_PER_NODE": "1"}, {"NPROC_PER_NODE": "2", "LOCAL_RANK": "0"}],
+    ids=["unset", "one", "already-a-worker"],
+)
+def test_no_relaunch_for_a_single_process_or_inside_torchrun(env):
+    assert dist.relaunch_command(["train", "cfg.yaml"], env) is None
+
+
+def test_relaunch_with_a_bad_process_count_names_the_variable():
+    with pytest.raises(UserError, match="NPROC_PER_NODE"):
+        dist.relaunch_command(["train"], {"NPROC_PER_NODE": "two"})
+
+
+def test_maybe_relaunch_returns_none_without_nproc(monkeypatch):
+    monkeypatch.delenv("NPROC_PER_NODE", raising=False)
+    monkeypatch.delenv("NNODES", raising=False)
+    assert dist.maybe_relaunch_distributed(["train", "cfg.yaml"]) is None
+
+
+def test_maybe_relaunch_returns_the_launchers_exit_code(monkeypatch):
+    seen = {}
+
+    def fake_call(cmd):
+        seen["cmd"] = cmd
+        return 3
+
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(dist.subprocess, "call", fake_call)
+    assert dist.maybe_relaunch_distributed(["train", "cfg.yaml"]) == 3
+    assert "--nproc_per_node=2" in seen["cmd"]
