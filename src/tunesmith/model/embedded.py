@@ -12,6 +12,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,21 +75,33 @@ def _convert(alias: str, target: Path, with_weights: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = gguf_path(alias)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer.save_pretrained(tmp)
         if with_weights:
             print(f"converting embedded model {alias} from GGUF (once; ~20 s)...", flush=True)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            # A GGUF-loaded model refuses save_pretrained until its quantizer is dropped;
-            # its weights are already de-quantised to float.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
+            drop_gguf_quantizer(model)
             model.config.name_or_path = alias
             model.save_pretrained(tmp)
+
+
+def drop_gguf_quantizer(model) -> None:
+    """Make a GGUF-loaded model savable: its weights are already de-quantised to float,
+    but it refuses save_pretrained until the GGUF quantizer is dropped."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """A temp dir beside `target` that replaces it when the block succeeds, so a crash
+    never leaves a half-written cache entry that looks whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import torch
 from transformers import LlamaConfig
 
 from tunesmith.errors import UserError
-from tunesmith.model.embedded import cache_root
+from tunesmith.model.embedded import atomic_dir, cache_root
 
 MODEL_TYPE = "internlm2"
 CONVERTER_VERSION = "1"
@@ -326,9 +324,7 @@ def llama_checkpoint(path: str | Path) -> Path:
     target = cache_root() / "internlm2-llama" / _cache_key(path, files)
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         weight_map = {}
         for index, file in enumerate(tqdm(files, desc="mapping InternLM2 -> Llama", unit="file")):
             shard_name = f"model-{index + 1:05d}-of-{len(files):05d}.safetensors"
@@ -349,12 +345,6 @@ def llama_checkpoint(path: str | Path) -> Path:
         config.save_pretrained(tmp)
         if (path / "generation_config.json").is_file():  # chat models stop at <|im_end|> too
             shutil.copy(path / "generation_config.json", tmp / "generation_config.json")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -386,16 +376,8 @@ def load_tokenizer(path: str | Path):
     cached = cache_root() / "tokenizers" / f"internlm2-{digest.hexdigest()[:20]}"
     if not (cached / "tokenizer.json").exists():
         tokenizer = _convert_tokenizer(model_file, tokenizer_config)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=cached.parent))
-        try:
+        with atomic_dir(cached) as tmp:
             tokenizer.save_pretrained(tmp)
-            if cached.exists():
-                shutil.rmtree(cached)
-            os.replace(tmp, cached)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(cached)
 
 

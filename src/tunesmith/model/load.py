@@ -16,6 +16,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from tunesmith.config.schema import ModelConfig, QuantizationConfig
 from tunesmith.errors import UserError
 from tunesmith.model import internlm2
+from tunesmith.model.embedded import drop_gguf_quantizer
 from tunesmith.model.quantize import DTYPES, bnb_config
 from tunesmith.model.resolve import offline_env, resolve_model_path
 
@@ -101,10 +102,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             Path(path).parent, gguf_file=Path(path).name, **kwargs
         )
-        # the weights are de-quantised floats; dropping the GGUF quantizer lets the model be saved
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        drop_gguf_quantizer(model)
         return model
     if model_type(path) != internlm2.MODEL_TYPE:
         return _from_pretrained(AutoModelForCausalLM, path, model_cfg.trust_remote_code, **kwargs)
