@@ -74,14 +74,49 @@ def toy_dataset(smollm_tokenizer) -> PackedToyDataset:
     return PackedToyDataset(smollm_tokenizer)
 
 
-def tiny_config(model_dir, **train) -> Config:
-    """LoRA on the tiny model, no dropout (so runs are comparable), no TensorBoard."""
-    return Config.model_validate(
-        {
-            "model": {"path": str(model_dir)},
+@pytest.fixture(scope="session")
+def toy_rows(smollm_tokenizer) -> PackedToyDataset:
+    """One document per row (6 rows), padded to one length."""
+    return PackedToyDataset(smollm_tokenizer, per_row=1)
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir):
+    """make(**parts) -> Config: LoRA on the tiny model, no dropout (runs are comparable),
+    no TensorBoard; each keyword updates that part, e.g. train={"max_steps": 6}."""
+
+    def make(**parts) -> Config:
+        base = {
+            "model": {"path": str(tiny_model_dir)},
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
             "data": {"template": "auto"},
-            "train": {"lr": 1e-2, "warmup_ratio": 0.0, "max_steps": 4, **train},
+            "train": {"lr": 1e-2, "warmup_ratio": 0.0, "max_steps": 4},
             "runtime": {"save_steps": 100, "tensorboard": False, "evaluation_freq": 1000},
         }
-    )
+        return Config.model_validate(_deep_update(base, parts))
+
+    return make
+
+
+@pytest.fixture
+def run_training(toy_dataset):
+    """run(cfg, work_dir, resume=None, dataset=toy_dataset, before_train=None) -> (recipe, result)."""
+    from tunesmith.train.recipe import TrainRecipe
+
+    def run(cfg, work_dir, resume=None, dataset=None, before_train=None):
+        recipe = TrainRecipe(cfg, work_dir, resume=resume, dataset=dataset or toy_dataset)
+        recipe.setup()
+        if before_train:
+            before_train(recipe)
+        return recipe, recipe.train()
+
+    return run

@@ -11,7 +11,6 @@ accumulated micro-batches (`num_items_in_batch`), so 2 x batch 1 equals 1 x batc
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
+from tunesmith.model.fast import optimize_for_training
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
 from tunesmith.train.metrics import MetricsLogger
@@ -112,16 +112,10 @@ class TrainRecipe:
         )
 
     def _setup_accelerator(self):
-        """The GPU side may supply DeepSpeed / FSDP plugins; otherwise plain accelerate."""
-        try:
-            from tunesmith.train.distributed import make_accelerator
-        except ImportError:
-            make_accelerator = None
-        if make_accelerator is not None:
-            return make_accelerator(self.cfg)
-        from accelerate import Accelerator
+        """accelerate, with DDP / DeepSpeed / FSDP2 when launched for them (train/distributed.py)."""
+        from tunesmith.train.distributed import make_accelerator
 
-        return Accelerator(mixed_precision=mixed_precision(self.cfg.train.mixed_precision))
+        return make_accelerator(self.cfg)
 
     def _setup_data(self) -> None:
         if self.dataset is None:
@@ -170,12 +164,8 @@ class TrainRecipe:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
             model.config.use_cache = False
-        try:
-            from tunesmith.model.fast import optimize_for_training
-        except ImportError:
-            optimize_for_training = None
-        if optimize_for_training is not None:
-            model = optimize_for_training(model, cfg)
+        # GPU speed-ups (fused kernels, varlen attention); a no-op on CPU
+        model = optimize_for_training(model, cfg)
         model.train()
         if self.is_main:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -251,12 +241,13 @@ class TrainRecipe:
         n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
         n_items = acc.reduce(n_items, "sum") if acc.num_processes > 1 else n_items
         step_loss = torch.zeros((), device=acc.device)
-        for i, batch in enumerate(batches):
-            last = i == len(batches) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(model):
+        # accelerate divides each backward by its accumulation count and DDP averages over
+        # processes; the loss is already a mean over the whole step, so undo both.
+        scale = acc.gradient_accumulation_steps * acc.num_processes
+        for batch in batches:
+            with acc.accumulate(model):
                 loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
-                # DDP averages gradients over processes; the loss is already a global mean.
-                acc.backward(loss * acc.num_processes)
+                acc.backward(loss * scale)
             step_loss += loss.detach()
         if acc.num_processes > 1:
             step_loss = acc.reduce(step_loss, "sum")
@@ -425,15 +416,6 @@ def best_checkpoint(work_dir: Path) -> Path | None:
             recent = losses[-10:]
             scored.append((sum(recent) / len(recent), path))
     return min(scored, key=lambda s: s[0])[1] if scored else None
-
-
-def mixed_precision(setting: str) -> str:
-    """ "auto": bf16 on CUDA when supported, else fp16 (with loss scaling); fp32 on CPU."""
-    if setting != "auto":
-        return setting
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def count_tokens(batch: dict) -> int:
