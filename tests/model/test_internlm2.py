@@ -104,6 +104,8 @@ def test_loads_as_llama_without_remote_code(internlm2_dir):
     assert model.config.tunesmith_source["model_type"] == "internlm2"
     assert model.config.tunesmith_source["auto_map"]["AutoConfig"].startswith("configuration_")
     assert model.name_or_path == str(internlm2_dir)
+    adapter = apply_lora(model, LoraConfig(r=4))
+    assert adapter.peft_config["default"].base_model_name_or_path == str(internlm2_dir)
 
 
 @pytest.mark.parametrize("seq", [12, 40], ids=["within-max-positions", "dynamic-ntk"])

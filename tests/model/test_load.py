@@ -94,3 +94,15 @@ def test_qlora_4bit_load_quantizes_decoder_linears_not_head(tiny_model_dir):
     assert q_proj.weight.quant_type == "nf4"
     assert not isinstance(model.lm_head, bnb.nn.Linear4bit)
     assert model.lm_head.weight.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_gguf_file_loads_and_can_be_saved(tmp_path):
+    from tunesmith.model.embedded import gguf_path
+
+    path = str(gguf_path("smollm2-135m-instruct"))
+    model = load_model(ModelConfig(path=path), device="cpu")
+    tokenizer = load_tokenizer(path)
+    assert model.config.vocab_size == len(tokenizer)
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").exists()
