@@ -87,8 +87,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(
-                    f"{where(path, line_no)}: not valid JSON ({exc.msg}, column {exc.colno}); "
-                    "fix or delete this line"
+                    f"{where(path, line_no)}: not valid JSON ({exc.msg}); fix or delete this line"
                 ) from None
             if not isinstance(record, dict):
                 raise UserError(f"{where(path, line_no)}: a record must be a JSON object")
@@ -175,7 +174,7 @@ def _text(value, loc: str, key: str, required: bool = True) -> str:
     if match:
         raise UserError(
             f"{loc}: '{key}' still holds the placeholder {match.group(0)}; replace it "
-            "(e.g. `tunesmith data replace IN OUT --old-text {{name}} --new-text NAME`)"
+            f"(tunesmith data replace IN OUT --old-text '{match.group(0)}' --new-text TEXT)"
         )
     return value
 
