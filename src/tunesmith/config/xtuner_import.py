@@ -292,10 +292,11 @@ _PLUMBING = {
 
 
 class _Mapper:
-    def __init__(self, parsed: ParsedConfig, path: Path):
+    """Pulls each tunesmith setting from where XTuner keeps it, noting what cannot come across."""
+
+    def __init__(self, parsed: ParsedConfig):
         self.names = parsed.names
         self.lines = parsed.lines
-        self.path = path
         self.notes: list[str] = list(parsed.skipped)
         self.used: set[str] = set()
 
@@ -307,7 +308,7 @@ class _Mapper:
         self.used.add(name)
         return self.names.get(name, default)
 
-    def known(self, value: Any, what: str, name: str | None = None) -> bool:
+    def known(self, value: Any, what: str) -> bool:
         """False (and a note) when a value could not be evaluated."""
         if isinstance(value, Unknown):
             self.notes.append(
@@ -691,7 +692,7 @@ def _dict(value: Any) -> dict:
 def convert_xtuner_config(path: str | Path) -> tuple[dict, list[str]]:
     """The tunesmith config dict for an XTuner config, and one note per setting not carried over."""
     path = Path(path)
-    mapper = _Mapper(read_xtuner_config(path), path)
+    mapper = _Mapper(read_xtuner_config(path))
     model, quant, lora = mapper.model()
     config = {
         "model": model,
