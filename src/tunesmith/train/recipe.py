@@ -47,6 +47,31 @@ class TrainResult:
         """0, or 128 + the signal that stopped the run (130 SIGINT, 143 SIGTERM)."""
         return 128 + self.stopped_by_signal if self.stopped_by_signal else 0
 
+    def summary(self, resume_command: str | None = None) -> str:
+        """The one-screen report printed at the end of `tunesmith train`."""
+        minutes, seconds = divmod(round(self.seconds), 60)
+        final = f"{self.losses[-1]:.4f}" if self.losses else "-"
+        lines = [
+            "",
+            f"training {'stopped' if self.stopped_by_signal else 'done'}: "
+            f"step {self.step}/{self.total_steps}",
+            f"  tokens        {self.tokens:,} in {minutes}m{seconds:02d}s "
+            f"({self.tokens / max(self.seconds, 1e-9):,.0f} tokens/s)",
+            f"  final loss    {final}",
+            f"  checkpoint    {self.last_checkpoint}",
+            f"  best          {self.best_checkpoint} (lowest loss over its last 10 steps)",
+            f"  metrics       {self.work_dir / 'metrics.jsonl'}, {self.work_dir / 'loss.png'}",
+        ]
+        if self.stopped_by_signal and resume_command:
+            lines.append(f"continue with:\n  {resume_command}")
+        if self.best_checkpoint is not None:
+            config = self.work_dir / "config.yaml"
+            out = self.work_dir / "hf"
+            lines.append(
+                f"export it with:\n  tunesmith convert pth_to_hf {config} {self.best_checkpoint} {out}"
+            )
+        return "\n".join(lines)
+
 
 @dataclass
 class StepStats:
@@ -201,8 +226,7 @@ class TrainRecipe:
         with StopSignals() as stop:
             while self.step < self.total_steps and stop.received is None:
                 step_start = time.perf_counter()
-                batches = [next(data) for _ in range(accum)]
-                stats = self._train_step(batches)
+                stats = self._train_step([next(data) for _ in range(accum)])
                 self.step += 1
                 self.losses.append(stats.loss)
                 tokens += stats.tokens
@@ -234,9 +258,10 @@ class TrainRecipe:
             self.chat_samples(acc.unwrap_model(self.model), self.step)
         return self._finish(tokens, time.perf_counter() - start_time, stop.received)
 
-    def _train_step(self, batches: list[dict]) -> StepStats:
-        """One optimizer step over the accumulated micro-batches."""
+    def _train_step(self, micro_batches: list[tuple[dict, int]]) -> StepStats:
+        """One optimizer step over the accumulated (batch, real tokens) micro-batches."""
         acc, model = self.accelerator, self.model
+        batches = [batch for batch, _ in micro_batches]
         # Trainable tokens of the whole step, over all processes: the loss denominator.
         n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
         n_items = acc.reduce(n_items, "sum") if acc.num_processes > 1 else n_items
@@ -258,7 +283,7 @@ class TrainRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(count_tokens(b) for b in batches)
+        tokens = sum(n for _, n in micro_batches)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
         return StepStats(float(step_loss), lr, tokens, grad_norm)
 
@@ -266,8 +291,8 @@ class TrainRecipe:
     def epoch(self) -> float:
         return self.step * self.cfg.train.accumulative_counts / self.micro_batches_per_epoch
 
-    def _micro_batches(self, start: int) -> Iterator[dict]:
-        """Micro-batches from the global micro-batch index `start` on, epoch after epoch.
+    def _micro_batches(self, start: int) -> Iterator[tuple[dict, int]]:
+        """(batch, real tokens) from the global micro-batch index `start` on, epoch after epoch.
 
         The order of epoch e is a permutation seeded by (seed, e), so a resumed run
         sees exactly the batches the uninterrupted one would have.
@@ -287,7 +312,8 @@ class TrainRecipe:
             hi = lo + bs if world > 1 else min(lo + bs, size)
             items = [dataset[int(order[k % size])] for k in range(lo, hi)]
             batch = dataset.collate(items)
-            yield {k: v.to(self.accelerator.device) for k, v in batch.items()}
+            tokens = sum(len(item["input_ids"]) for item in items)  # padding not counted
+            yield {k: v.to(self.accelerator.device) for k, v in batch.items()}, tokens
             index += 1
 
     def _epoch_order(self, epoch: int, size: int) -> torch.Tensor:
@@ -416,10 +442,3 @@ def best_checkpoint(work_dir: Path) -> Path | None:
             recent = losses[-10:]
             scored.append((sum(recent) / len(recent), path))
     return min(scored, key=lambda s: s[0])[1] if scored else None
-
-
-def count_tokens(batch: dict) -> int:
-    """Real tokens in a batch: all of a packed batch, the unmasked ones of a padded batch."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())

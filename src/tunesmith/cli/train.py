@@ -1,0 +1,72 @@
+"""`tunesmith train CONFIG`: fine-tune with a config (LoRA / DoRA, QLoRA or full).
+
+Exit codes: 0 done; 2 a user error (bad config, data, a NaN loss); 130 / 143 stopped by
+SIGINT / SIGTERM after saving a checkpoint (continue with `--resume auto`).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from tunesmith.cli.config import add_override_args, collect_overrides
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model with a config (LoRA, QLoRA or full)",
+        description="Train with CONFIG (a built-in recipe name or a YAML file). Checkpoints go "
+        "to the work dir (default work_dirs/<config name>). Ctrl-C saves a checkpoint and stops; "
+        "--resume auto continues from it.",
+    )
+    p.add_argument("config", metavar="CONFIG", help="built-in recipe name (list-cfg) or YAML path")
+    add_override_args(p)
+    p.add_argument("--work-dir", "--work_dir", dest="work_dir", help="where checkpoints go")
+    p.add_argument(
+        "--deepspeed",
+        metavar="NAME|PATH",
+        help="zero1 | zero2 | zero2_offload | zero3 | zero3_offload (deepspeed_* too) | fsdp2 | a JSON",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="auto: continue from the newest whole checkpoint in the work dir; or an iter_N dir",
+    )
+    p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from tunesmith.train.distributed import maybe_relaunch_distributed
+
+    code = maybe_relaunch_distributed(sys.argv[1:])
+    if code is not None:
+        return code
+
+    from tunesmith.config.loader import config_name, load_config
+    from tunesmith.train.recipe import TrainRecipe
+
+    overrides = collect_overrides(args)
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.deepspeed:
+        overrides.append(f"train.deepspeed={args.deepspeed}")
+    cfg = load_config(args.config, overrides)
+    work_dir = (
+        args.work_dir or cfg.runtime.work_dir or str(Path("work_dirs") / config_name(args.config))
+    )
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"work_dir": work_dir})})
+    recipe = TrainRecipe(cfg, work_dir, resume=args.resume)
+    recipe.setup()
+    result = recipe.train()
+    if recipe.is_main:
+        rerun = _rerun_command(args.config, work_dir, overrides)
+        print(result.summary(rerun), flush=True)
+    return result.exit_code
+
+
+def _rerun_command(config: str, work_dir: str, overrides: list[str]) -> str:
+    parts = ["tunesmith", "train", config, *overrides, "--work-dir", work_dir, "--resume", "auto"]
+    return " ".join(shlex.quote(p) for p in parts)
