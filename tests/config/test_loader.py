@@ -236,3 +236,11 @@ def test_duplicate_key_in_yaml_is_an_error(tmp_path):
     path = write(tmp_path, "train:\n  lr: 1.0e-4\n  batch_size: 2\n  lr: 2.0e-4\n")
     with pytest.raises(UserError, match=rf"{path}:4: 'train.lr' is set twice \(also on line 2\)"):
         load_config(str(path))
+
+
+def test_every_key_is_in_the_config_reference():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "configs.md").read_text(encoding="utf-8")
+    missing = [key for key in valid_keys() if f"| `{key}` |" not in doc]
+    assert not missing, f"add these keys to docs/configs.md: {missing}"
