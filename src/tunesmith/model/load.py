@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tunesmith.config.schema import ModelConfig, QuantizationConfig
@@ -22,17 +23,21 @@ from tunesmith.model.resolve import offline_env, resolve_model_path
 
 
 def resolve_device(device: str = "auto") -> str:
+    """CUDA when visible for "auto", else CPU; a bare "cuda" is this process's current GPU
+    (the local rank's under torchrun / accelerate)."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(
             f"device '{device}' asked for, but no CUDA device is visible: use --device cpu"
         )
+    if device == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
     return device
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
-    """ "auto" = bf16 on a CUDA device that supports it, fp16 on older CUDA, fp32 on CPU."""
+    """For "auto": bf16 on a CUDA device that supports it, fp16 on older CUDA, fp32 on CPU."""
     if isinstance(name, torch.dtype):
         return name
     if name in (None, "auto"):
@@ -91,8 +96,8 @@ def load_model(
     }
     if quantization is not None:
         kwargs["quantization_config"] = bnb_config(quantization, torch_dtype)
-    if quantization is not None or device != "cpu":
-        kwargs["device_map"] = {"": device}
+    if (quantization is not None or device != "cpu") and not is_deepspeed_zero3_enabled():
+        kwargs["device_map"] = {"": device}  # ZeRO-3 partitions the weights as they load
 
     if path.endswith(".gguf"):
         if quantization is not None:
@@ -113,7 +118,7 @@ def load_model(
 
 
 def attn_implementation(name: str, device: str) -> str:
-    """ "auto" = PyTorch SDPA, which honours per-document masks built from position_ids."""
+    """For "auto": PyTorch SDPA, which honours per-document masks built from position_ids."""
     return "sdpa" if name == "auto" else name
 
 
