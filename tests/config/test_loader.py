@@ -244,3 +244,11 @@ def test_every_key_is_in_the_config_reference():
     doc = (Path(__file__).parents[2] / "docs" / "configs.md").read_text(encoding="utf-8")
     missing = [key for key in valid_keys() if f"| `{key}` |" not in doc]
     assert not missing, f"add these keys to docs/configs.md: {missing}"
+
+
+def test_xtuner_python_config_points_to_convert_cfg(tmp_path):
+    path = write(tmp_path, "lr = 2e-4\n", "my_xtuner_cfg.py")
+    with pytest.raises(
+        UserError, match=r"tunesmith convert-cfg .*my_xtuner_cfg\.py my_xtuner_cfg\.yaml"
+    ):
+        load_config(str(path))

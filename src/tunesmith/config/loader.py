@@ -376,6 +376,12 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 def _find_config(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
+    if path.suffix == ".py":
+        yaml_name = path.with_suffix(".yaml").name
+        raise UserError(
+            f"{path} is a Python (XTuner) config; convert it once with "
+            f"`tunesmith convert-cfg {path} {yaml_name}` and use {yaml_name}"
+        )
     if path.is_file():
         return path
     if _looks_like_path(name_or_path):
