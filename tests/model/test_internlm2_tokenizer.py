@@ -139,7 +139,9 @@ def test_converted_tokenizer_is_cached(internlm2_tokenizer_dir, tokenizer):
 
 def test_tokenizer_config_names_and_template_are_used(tmp_path, internlm2_tokenizer_dir):
     shutil.copytree(internlm2_tokenizer_dir, tmp_path / "t")
-    config = {
+    config = {  # shaped like the hub's, which names remote code that must not run
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "tokenizer_class": "InternLM2Tokenizer",
         "added_tokens_decoder": {"92543": {"content": "<|begin|>", "special": True}},
         "chat_template": "{% for m in messages %}[{{ m['content'] }}]{% endfor %}",
     }

@@ -106,3 +106,9 @@ def test_gguf_file_loads_and_can_be_saved(tmp_path):
     assert model.config.vocab_size == len(tokenizer)
     model.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_without_gpu_is_user_error(tiny_model_dir):
+    with pytest.raises(UserError, match="no CUDA device"):
+        load_model(ModelConfig(path=str(tiny_model_dir)), device="cuda")
