@@ -137,6 +137,21 @@ def test_conversion_is_cached(internlm2_dir):
     assert (first / "config.json").stat().st_mtime_ns == stamp
 
 
+def test_changed_checkpoint_replaces_its_stale_copy(tmp_path):
+    from tunesmith.model.internlm2 import llama_checkpoint
+
+    config = internlm2_config(vocab_size=512)
+    path = write_internlm2(tmp_path / "m", config, internlm2_state_dict(config), tokenizer=False)
+    first = llama_checkpoint(path)
+    write_internlm2(path, config, internlm2_state_dict(config, seed=7), tokenizer=False)
+    second = llama_checkpoint(path)
+    assert second != first and not first.exists()
+    assert torch.equal(
+        load_file(second / "model-00001-of-00001.safetensors")["model.norm.weight"],
+        load_file(path / "model.safetensors")["model.norm.weight"],
+    )
+
+
 def test_qlora_on_internlm2_quantizes_mapped_linears_and_trains(tmp_path):
     import bitsandbytes as bnb
 

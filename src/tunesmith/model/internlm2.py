@@ -324,6 +324,7 @@ def llama_checkpoint(path: str | Path) -> Path:
     target = cache_root() / "internlm2-llama" / _cache_key(path, files)
     if (target / "config.json").exists():
         return target
+    _remove_stale_copies(target.parent, path)
     with atomic_dir(target) as tmp:
         weight_map = {}
         for index, file in enumerate(tqdm(files, desc="mapping InternLM2 -> Llama", unit="file")):
@@ -346,6 +347,17 @@ def llama_checkpoint(path: str | Path) -> Path:
         if (path / "generation_config.json").is_file():  # chat models stop at <|im_end|> too
             shutil.copy(path / "generation_config.json", tmp / "generation_config.json")
     return target
+
+
+def _remove_stale_copies(cache: Path, source: Path) -> None:
+    """Drop copies made from earlier versions of the same source dir (a 7B copy is ~15 GB)."""
+    for config_file in cache.glob("*/config.json"):
+        try:
+            made_from = json.loads(config_file.read_text())["tunesmith_source"]["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if made_from == str(source.resolve()):
+            shutil.rmtree(config_file.parent, ignore_errors=True)
 
 
 # ---- tokenizer -------------------------------------------------------------------------
