@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from tunesmith.errors import UserError
 
@@ -59,10 +60,9 @@ class StopSignals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
-        print(
-            f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step "
-            f"(send it again to stop at once)",
-            flush=True,
+        tqdm.write(
+            f"{signal.Signals(signum).name} received: saving a checkpoint after this step "
+            f"(send it again to stop at once)"
         )
 
     @property
@@ -90,6 +90,7 @@ class ChatSampler:
         was_training = model.training
         model.eval()
         records = []
+        tqdm.write(f"--- chat samples at step {step} ---")
         try:
             with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
                 engine = self.engine_factory(model)
@@ -100,22 +101,15 @@ class ChatSampler:
                         temperature=0,
                         max_new_tokens=self.max_new_tokens,
                     )
-                    records.append(
-                        {
-                            "step": step,
-                            "input": prompt,
-                            "output": answer,
-                            "seconds": round(time.perf_counter() - start, 2),
-                        }
-                    )
+                    seconds = round(time.perf_counter() - start, 2)
+                    record = {"step": step, "input": prompt, "output": answer, "seconds": seconds}
+                    records.append(record)
+                    tqdm.write(f"user: {prompt}\nassistant: {answer}")
         finally:
             model.train(was_training)
         with self.out.open("a") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        print(f"--- chat samples at step {step} ---")
-        for record in records:
-            print(f"user: {record['input']}\nassistant: {record['output']}")
         return records
 
 
@@ -127,6 +121,8 @@ def format_summary(summary: dict) -> str:
     """The dataset summary as one line: `records 20 | tokens 1,234 | ...`."""
     parts = []
     for key, value in summary.items():
-        shown = f"{value:,}" if isinstance(value, int) else str(value)
+        shown = (
+            f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        )
         parts.append(f"{key.replace('_', ' ')} {shown}")
     return "dataset: " + " | ".join(parts)
