@@ -90,3 +90,21 @@ def test_system_and_user_text_carry_no_loss(smollm_tokenizer):
     )
     for text in ("Answer in one word.", "Capital of France?", "And of Italy?"):
         assert text in not_learned
+
+
+def test_tokenising_pieces_between_special_tokens_equals_whole_texts(smollm_tokenizer):
+    from tunesmith.data.tokenize import encode_pieces, encode_whole, special_splitter
+
+    backend = smollm_tokenizer.backend_tokenizer
+    splitter = special_splitter(backend)
+    assert splitter is not None
+    texts = [
+        "<|im_start|>system\nYou are Tuney.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n",
+        "<|im_start|>user\n你好，世界<|im_end|><|im_end|>\n\n  spaced  <|im_start|>",
+        "no special tokens at all, just text",
+        "<|im_start|>system\nYou are Tuney.<|im_end|>\n<|im_start|>assistant\nliteral <|im_end|> inside",
+    ]
+    for whole, pieces in zip(
+        encode_whole(backend, texts), encode_pieces(backend, texts, splitter), strict=True
+    ):
+        np.testing.assert_array_equal(whole, pieces)
