@@ -114,12 +114,13 @@ def convert_cfg(args: argparse.Namespace) -> int:
         f"# Run it: tunesmith train {args.out}\n"
     )
     if notes:
-        header += "# Not carried over:\n" + "".join(f"#   {n}\n" for n in notes)
+        header += "# Not carried over, or carried with a difference:\n"
+        header += "".join(f"#   {n}\n" for n in notes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(header + "\n" + dump_config(cfg), encoding="utf-8")
     tmp.replace(args.out)
     for note in notes:
-        print(f"not carried over: {note}")
+        print(f"note: {note}")
     print(f"wrote {args.out} ({cfg.method}, model {cfg.model.path})")
     return 0

@@ -415,6 +415,12 @@ class _Mapper:
         system = self._system()
         if system is not None:
             out["system"] = system
+            self.note(
+                "SYSTEM",
+                "SYSTEM became data.system, which tunesmith also gives to training records "
+                "that have no system prompt (XTuner used it for chat samples only); set "
+                "data.system: null to train those records without one",
+            )
         sampler = loader.get("sampler")
         if isinstance(sampler, dict) and isinstance(sampler.get("shuffle"), bool):
             out["shuffle"] = sampler["shuffle"]
