@@ -48,8 +48,13 @@ single)
   run ts_qlora_flex 100 python3 bench/gpu_train.py qlora --attn flex_attention
   ;;
 multi)
-  run ts_qlora_1gpu 200 python3 bench/gpu_train.py qlora
-  run ts_qlora_zero2_2gpu 240 torchrun --nproc_per_node 2 bench/gpu_train.py qlora --deepspeed zero2
+  python3 bench/gpu_train.py prepare > "$OUTD/prepare.log" 2>&1 || tail -5 "$OUTD/prepare.log"
+  run ts_recipe_qlora_1gpu 150 python3 bench/gpu_train.py qlora --engine recipe
+  run ts_recipe_qlora_zero2_2gpu 200 torchrun --nproc_per_node 2 bench/gpu_train.py qlora --engine recipe --deepspeed zero2
+  [ $SECONDS -lt 420 ] && run ts_loop_qlora_zero2_2gpu 120 torchrun --nproc_per_node 2 bench/gpu_train.py qlora --deepspeed zero2
+  [ $SECONDS -lt 460 ] && run ts_loop_qlora_1gpu 90 python3 bench/gpu_train.py qlora
+  [ $SECONDS -lt 470 ] && run base_qlora 110 python3 .bench/baseline_hf_peft.py qlora 2048 4 ckpt
+  tail -n 3 /tmp/ts_bench_work/*/metrics.jsonl 2>/dev/null | cut -c1-200
   ;;
 *)
   shift

@@ -13,8 +13,14 @@ peak GiB on the busiest GPU). Several GPUs: run it under torchrun, e.g.
 
     torchrun --nproc_per_node 2 bench/gpu_train.py qlora --deepspeed zero2
 
-Usage: python bench/gpu_train.py qlora|lora [--seq 2048] [--bs 4] [--steps 8] [--no-ckpt]
-       [--attn auto|sdpa|flex_attention] [--liger auto|on|off] [--deepspeed NAME] [--check-attn]
+`--engine recipe` runs the recipe itself instead (`TrainRecipe` with max_steps, the data
+pipeline on synthetic conversations of varied length, SmolLM2's tokenizer from .bench/tok copied
+into the model dir) and reads tokens/s from its metrics.jsonl.
+
+Usage: python bench/gpu_train.py qlora|lora [--engine loop|recipe] [--seq 2048] [--bs 4]
+       [--steps 8] [--no-ckpt] [--ckpt-layers N] [--attn auto|sdpa|flex_attention]
+       [--liger auto|on|off] [--deepspeed NAME] [--check-attn]
+       python bench/gpu_train.py prepare     # the model dir, tokenizer and records, once
 """
 
 from __future__ import annotations
@@ -91,6 +97,80 @@ def packed_batches(seq: int, bs: int, vocab: int, seed: int, device):
         }
 
 
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / ".bench" / "tok"
+RECORDS = Path("/tmp/ts_bench_records.jsonl")
+WORDS = (
+    "the model learns to answer questions about itself and the world with short clear sentences "
+    "while keeping what it knew before training started on this small data set of chats"
+).split()
+
+
+def prepare() -> None:
+    """The random 7B, a tokenizer beside it, and synthetic chat records of varied length."""
+    import random
+    import shutil
+
+    make_random_7b(MODEL_DIR)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (TOKENIZER_DIR / name).exists():
+            shutil.copy(TOKENIZER_DIR / name, MODEL_DIR / name)
+    rng = random.Random(0)
+    with open(RECORDS, "w") as f:
+        for i in range(1200):
+            words = int(min(1500, max(8, rng.lognormvariate(5.5, 0.9))))
+            answer = " ".join(rng.choice(WORDS) for _ in range(words))
+            turn = {
+                "system": "You are a helpful assistant.",
+                "input": f"Question {i}?",
+                "output": answer,
+            }
+            f.write(json.dumps({"conversation": [turn]}) + "\n")
+
+
+def run_recipe(args, cfg) -> dict:
+    """TrainRecipe for max_steps on the synthetic records; tokens/s from its metrics.jsonl."""
+    from tunesmith.train.recipe import TrainRecipe
+
+    raw = cfg.model_dump()
+    raw["data"].update(files=[{"path": str(RECORDS)}], cache_dir="/tmp/ts_bench_cache")
+    raw["runtime"].update(save_steps=10_000, save_total_limit=1, tensorboard=False)
+    cfg = type(cfg).model_validate(raw)
+    work_dir = Path(
+        f"/tmp/ts_bench_work/{args.mode}-{os.environ.get('WORLD_SIZE', '1')}-{time.time_ns()}"
+    )
+    recipe = TrainRecipe(cfg, work_dir=work_dir)
+    start = time.time()
+    recipe.setup()
+    limit_checkpointing(recipe.accelerator.unwrap_model(recipe.model), args.ckpt_layers)
+    load_s = time.time() - start
+    acc = recipe.accelerator
+    try:
+        result = recipe.train()
+        losses, error = [round(x, 4) for x in result.losses], None
+    except Exception as err:  # keep the timings of the steps that ran
+        losses, error = [], repr(err)[:300]
+    peak = torch.tensor(_peak_gib(), device=acc.device)
+    peak = acc.reduce(peak, reduction="max").item() if acc.num_processes > 1 else peak.item()
+    rows = (
+        [json.loads(line) for line in open(work_dir / "metrics.jsonl")]
+        if acc.is_main_process
+        else []
+    )
+    rates = sorted(r["tokens_per_s"] for r in rows if r["step"] > 3)
+    steady = rates[len(rates) // 2] if rates else 0.0
+    return dict(
+        accelerator=acc,
+        model=recipe.model,
+        tok_s=round(steady * acc.num_processes),
+        step_s=round(args.bs * args.seq / steady, 3) if steady else None,
+        peak_gib=round(peak, 2),
+        load_s=round(load_s, 1),
+        losses=losses,
+        dataset=recipe.dataset.summary,
+        **({"train_error": error} if error else {}),
+    )
+
+
 def build_config(args):
     from tunesmith.config.schema import (
         Config,
@@ -138,7 +218,11 @@ def check_attention(model, batch) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["qlora", "lora"])
+    parser.add_argument("mode", choices=["qlora", "lora", "prepare"])
+    parser.add_argument("--engine", choices=["loop", "recipe"], default="loop")
+    parser.add_argument(
+        "--ckpt-layers", type=int, default=None, help="checkpoint only the first N layers"
+    )
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--bs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
@@ -160,18 +244,70 @@ def main() -> None:
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            vocab_size=1000,
+            vocab_size=49152,
         )
+
+    if args.mode == "prepare":
+        prepare()
+        return
 
     import peft
     import transformers
 
+    from tunesmith.model.fast import unwrap
+
+    cfg = build_config(args)
+    if args.engine == "recipe":
+        if not RECORDS.exists():
+            prepare()
+        measured = run_recipe(args, cfg)
+        accelerator, model = measured.pop("accelerator"), measured.pop("model")
+    else:
+        accelerator, model, measured = run_loop(args, cfg)
+    base = unwrap(accelerator.unwrap_model(model))
+    result = dict(
+        engine=f"tunesmith-{args.engine}",
+        mode=args.mode,
+        seq=args.seq,
+        bs=args.bs,
+        ckpt=args.ckpt,
+        ckpt_layers=args.ckpt_layers,
+        attn=base.config._attn_implementation,
+        liger="forward" in vars(base),  # liger binds its fused-loss forward to the instance
+        deepspeed=args.deepspeed,
+        world=accelerator.num_processes,
+        **measured,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        peft=peft.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    )
+    if accelerator.is_main_process:
+        print("RESULT " + json.dumps(result), flush=True)
+        out = os.environ.get("OUT")
+        if out:
+            with open(Path(out) / "results.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+
+
+def limit_checkpointing(model, layers: int | None) -> None:
+    """Keep gradient checkpointing on the first `layers` decoder layers only (None: all)."""
+    if layers is None:
+        return
+    from tunesmith.model.fast import unwrap
+
+    for i, layer in enumerate(unwrap(model).model.layers):
+        if i >= layers:
+            layer.gradient_checkpointing = False
+
+
+def run_loop(args, cfg):
+    """tunesmith's model setup and loss contract in a bare loop (no data pipeline, no hooks)."""
     from tunesmith.model.adapters import apply_lora
-    from tunesmith.model.fast import optimize_for_training, unwrap
+    from tunesmith.model.fast import optimize_for_training
     from tunesmith.model.load import load_model
     from tunesmith.train.distributed import make_accelerator
 
-    cfg = build_config(args)
     accelerator = make_accelerator(cfg)
     if accelerator.is_main_process:
         make_random_7b(MODEL_DIR)
@@ -184,6 +320,7 @@ def main() -> None:
     model = load_model(cfg.model, cfg.quantization, device=str(accelerator.device))
     model = apply_lora(model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
     model = optimize_for_training(model, cfg)
+    limit_checkpointing(model, args.ckpt_layers)
     load_s = time.time() - start
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas)
@@ -222,40 +359,18 @@ def main() -> None:
 
     steady = sorted(times[3:])[len(times[3:]) // 2]
     peak = torch.tensor(_peak_gib(), device=accelerator.device)
-    peak = (
-        accelerator.reduce(peak, reduction="max").item()
-        if accelerator.num_processes > 1
-        else peak.item()
-    )
-    base = unwrap(accelerator.unwrap_model(model))
-    result = dict(
-        engine="tunesmith",
-        mode=args.mode,
-        seq=args.seq,
-        bs=args.bs,
-        ckpt=args.ckpt,
-        attn=base.config._attn_implementation,
-        liger="forward" in vars(base),  # liger binds its fused-loss forward to the instance
-        deepspeed=args.deepspeed,
-        world=accelerator.num_processes,
+    if accelerator.num_processes > 1:
+        peak = accelerator.reduce(peak, reduction="max")
+    measured = dict(
         tok_s=round(args.bs * args.seq * accelerator.num_processes / steady),
         step_s=round(steady, 3),
-        peak_gib=round(peak, 2),
+        peak_gib=round(peak.item(), 2),
         load_gib=round(load_gib, 2),
         load_s=round(load_s, 1),
         losses=losses,
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        peft=peft.__version__,
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         **extra,
     )
-    if accelerator.is_main_process:
-        print("RESULT " + json.dumps(result), flush=True)
-        out = os.environ.get("OUT")
-        if out:
-            with open(Path(out) / "results.jsonl", "a") as f:
-                f.write(json.dumps(result) + "\n")
+    return accelerator, model, measured
 
 
 if __name__ == "__main__":
