@@ -106,7 +106,10 @@ def test_format_can_be_forced(tmp_path):
             ['{"instruction": "a", "input": {"text": "b"}, "output": "c"}'],
             r"x\.jsonl:1: 'input' must be a string, got dict",
         ),
-        (['{"messages": [{"role": "bot", "content": "x"}]}'], r"x\.jsonl:1: .*unknown role 'bot'"),
+        (
+            ['{"messages": [{"role": "bot", "content": "x"}]}'],
+            r"x\.jsonl:1: .*unknown 'role' 'bot'",
+        ),
         (
             ['{"instruction": "Who are you?", "output": "I am {{name}}."}'],
             r"x\.jsonl:1: .*placeholder \{\{name\}\}",

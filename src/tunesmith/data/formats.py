@@ -199,26 +199,6 @@ def _from_conversation(record: dict, loc: str) -> list[Turn]:
     return turns
 
 
-def _from_messages(record: dict, loc: str) -> list[Turn]:
-    items = record["messages"]
-    if not isinstance(items, list) or not items:
-        raise UserError(f"{loc}: 'messages' must be a non-empty list")
-    turns = []
-    for i, item in enumerate(items):
-        key = f"messages[{i}]"
-        if not isinstance(item, dict):
-            raise UserError(f"{loc}: {key} must be an object with 'role' and 'content'")
-        role = _ROLES.get(item.get("role"))
-        if role is None:
-            raise UserError(
-                f"{loc}: {key} has unknown role {item.get('role')!r}; use system, user or assistant"
-            )
-        content = _text(item.get("content"), loc, f"{key}.content")
-        trainable = role == "assistant" and bool(item.get("loss", True))
-        turns.append(Turn(role, content, trainable))
-    return _check_order(turns, loc)
-
-
 def _from_alpaca(record: dict, loc: str) -> list[Turn]:
     if "output" not in record:
         raise UserError(f"{loc}: missing 'output'; every alpaca record needs an answer")
@@ -233,23 +213,37 @@ def _from_alpaca(record: dict, loc: str) -> list[Turn]:
     return turns
 
 
+def _from_messages(record: dict, loc: str) -> list[Turn]:
+    return _role_list(record["messages"], loc, "messages", "role", "content", _ROLES)
+
+
 def _from_sharegpt(record: dict, loc: str) -> list[Turn]:
-    items = record["conversations"]
-    if not isinstance(items, list) or not items:
-        raise UserError(f"{loc}: 'conversations' must be a non-empty list")
     turns = []
     if record.get("system"):
         turns.append(Turn("system", _text(record["system"], loc, "system")))
+    turns += _role_list(
+        record["conversations"], loc, "conversations", "from", "value", _SHAREGPT_ROLES
+    )
+    return _check_order(turns, loc)
+
+
+def _role_list(items, loc: str, name: str, role_key: str, text_key: str, roles: dict) -> list[Turn]:
+    """Turns from a list of {role_key: role, text_key: text, "loss"?: bool} objects."""
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{loc}: '{name}' must be a non-empty list")
+    turns = []
     for i, item in enumerate(items):
-        key = f"conversations[{i}]"
+        key = f"{name}[{i}]"
         if not isinstance(item, dict):
-            raise UserError(f"{loc}: {key} must be an object with 'from' and 'value'")
-        role = _SHAREGPT_ROLES.get(item.get("from"))
+            raise UserError(f"{loc}: {key} must be an object with '{role_key}' and '{text_key}'")
+        role = roles.get(item.get(role_key))
         if role is None:
             raise UserError(
-                f"{loc}: {key} has unknown 'from' {item.get('from')!r}; use human, gpt or system"
+                f"{loc}: {key} has unknown {role_key!r} {item.get(role_key)!r}; "
+                f"use one of {', '.join(roles)}"
             )
-        turns.append(Turn(role, _text(item.get("value"), loc, f"{key}.value"), role == "assistant"))
+        content = _text(item.get(text_key), loc, f"{key}.{text_key}")
+        turns.append(Turn(role, content, role == "assistant" and bool(item.get("loss", True))))
     return _check_order(turns, loc)
 
 

@@ -30,7 +30,7 @@ def identity_questions(lang: str) -> list[str]:
     return [q for group in _templates()[lang].values() for q in group["questions"]]
 
 
-def _check_value(key: str, value: str) -> str:
+def check_text(key: str, value: str) -> str:
     if not value or not value.strip():
         raise UserError(f"--{key} is empty; give the assistant's {key}")
     if "{{" in value or "}}" in value:
@@ -61,7 +61,7 @@ def generate_identity(
     {{other}}?" ones once per other assistant's name), each time with an
     answer drawn from its category. Deterministic for a given seed.
     """
-    name, author = _check_value("name", name), _check_value("author", author)
+    name, author = check_text("name", name), check_text("author", author)
     if repeat < 1:
         raise UserError("--repeat must be at least 1")
     templates = _templates()

@@ -251,27 +251,22 @@ class AutoTemplate(ChatTemplate):
         roles = [role for role, _ in shape]
         trainable = [t for _, t in shape]
         marks = [f"\ue000{i}\ue001" for i in range(len(shape))]
-        try:
-            probe = self._render_slow(
-                [{"role": r, "content": m} for r, m in zip(roles, marks, strict=True)],
-                trainable,
-                "probe",
-            )
-        except UserError:
-            return None
-        skeleton = [(_slots(s.text, marks), s.trainable) for s in probe]
+        probe = self._probe(roles, marks, trainable)
         # The template must treat contents as opaque text (no trim, no rewriting).
         check = [f" x{i}\n\n y \n" for i in range(len(shape))]
-        try:
-            expected = self._render_slow(
-                [{"role": r, "content": c} for r, c in zip(roles, check, strict=True)],
-                trainable,
-                "probe",
-            )
-        except UserError:
+        expected = self._probe(roles, check, trainable)
+        if probe is None or expected is None:
             return None
+        skeleton = [(_slots(s.text, marks), s.trainable) for s in probe]
         filled = [Segment(_fill(parts, check), t) for parts, t in skeleton]
         return skeleton if [s for s in filled if s.text] == expected else None
+
+    def _probe(self, roles, contents, trainable) -> list[Segment] | None:
+        messages = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]
+        try:
+            return self._render_slow(messages, trainable, "probe")
+        except UserError:
+            return None
 
     def _render_slow(
         self, messages: list[dict], trainable: list[bool], source: str
