@@ -137,3 +137,12 @@ def test_bad_input_names_file_and_line(tmp_path, lines, message):
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such data file"):
         load_conversations(tmp_path / "nope.jsonl")
+
+
+def test_template_braces_in_code_data_are_not_placeholders(tmp_path):
+    record = {
+        "instruction": "Show a Vue binding.",
+        "output": "<p>{{ message }}</p> and {{item.title}}",
+    }
+    (conv,) = load_conversations(write_jsonl(tmp_path / "code.jsonl", [record]))
+    assert conv.turns[-1].content == record["output"]

@@ -23,7 +23,11 @@ from tunesmith.errors import UserError, where
 
 FORMATS = ("conversation", "messages", "alpaca", "sharegpt")
 SUFFIXES = (".jsonl", ".json", ".parquet")
-PLACEHOLDER = re.compile(r"\{\{\s*\w*\s*\}\}")
+# Identity-data placeholders that must be replaced before training. Only these
+# names: `{{ value }}` in general is legitimate text in code data (Jinja, Vue).
+PLACEHOLDER = re.compile(
+    r"\{\{\s*(name|author|other|assistant|assistant_name|bot_name|model_name)\s*\}\}", re.I
+)
 
 _ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 _SHAREGPT_ROLES = {

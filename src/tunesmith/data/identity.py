@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from functools import cache
 from pathlib import Path
 
-from tunesmith.data.formats import PLACEHOLDER
 from tunesmith.errors import UserError
 
 ASSETS = Path(__file__).parent / "assets" / "identity.json"
 LANGUAGES = ("zh", "en")
+PLACEHOLDER = re.compile(r"\{\{\s*\w*\s*\}\}")
 
 
 @cache
