@@ -20,3 +20,11 @@ def no_template_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     data.pop("chat_template", None)
     config.write_text(json.dumps(data))
     return out
+
+
+@pytest.fixture(autouse=True)
+def answer_cache(tmp_path, monkeypatch) -> Path:
+    """Greedy answers cached per test, never in the user's cache."""
+    path = tmp_path / "answers"
+    monkeypatch.setenv("TUNESMITH_ANSWER_CACHE", str(path))
+    return path

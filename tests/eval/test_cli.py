@@ -104,3 +104,29 @@ def test_eval_retention_writes_all_three_measures(tmp_path, tiny_model_dir):
     # the same model as its own base: no drift
     assert abs(report["drift"]["delta"]) < 1e-4
     assert report["leakage"]["answers"] == 3
+
+
+def test_greedy_answers_are_cached_per_weights(tmp_path, tiny_model_dir, answer_cache, monkeypatch):
+    from tunesmith.eval import generate
+
+    lm = generate.load_for_eval(str(tiny_model_dir))
+    first = generate.greedy_answers(lm, ["Describe a cat.", "Hi"], max_new_tokens=5)
+    assert len(list(answer_cache.glob("*.json"))) == 1
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("cached answers were generated again")
+
+    monkeypatch.setattr(generate, "_generate", no_generation)
+    assert generate.greedy_answers(lm, ["Describe a cat.", "Hi"], max_new_tokens=5) == first
+
+
+def test_changed_weights_get_a_new_cache_key(tmp_path, tiny_model_dir):
+    import shutil
+
+    from tunesmith.eval.generate import weights_key
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    before = weights_key(copy)
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes() + b" ")
+    assert weights_key(copy) != before

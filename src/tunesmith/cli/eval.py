@@ -70,11 +70,12 @@ def _check_identity(name: str, author: str) -> None:
 
 
 def run_identity(args) -> int:
-    from tunesmith.eval.generate import load_for_eval
+    from tunesmith.eval.generate import fit_threads_to_load, load_for_eval
     from tunesmith.eval.identity import evaluate_identity, load_questions
     from tunesmith.eval.report import identity_text, write_json
 
     _check_identity(args.name, args.author)
+    fit_threads_to_load()
     questions = load_questions(args.questions)
     old = _split(args.old_names)
     old = default_old_names(args.model) if old is None else old
@@ -92,9 +93,10 @@ def run_identity(args) -> int:
 
 def run_retention(args) -> int:
     from tunesmith.eval import retention
-    from tunesmith.eval.generate import load_for_eval
+    from tunesmith.eval.generate import fit_threads_to_load, load_for_eval
     from tunesmith.eval.report import retention_text, write_json
 
+    fit_threads_to_load()
     prompts = retention.load_prompts(args.prompts)
     base_lm = load_for_eval(args.base, device=args.device)
     base = retention.measure(base_lm, prompts)

@@ -9,6 +9,9 @@ a vanilla client sees.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,60 @@ class LoadedModel:
     model: object  # PreTrainedModel (or PeftModel)
     tokenizer: object  # PreTrainedTokenizerBase
     name: str
+    # Identifies the weights on disk (see `weights_key`); answers are cached under it.
+    cache_key: str | None = None
+
+
+def weights_key(*paths: str | Path) -> str | None:
+    """A key that changes whenever a weight or tokenizer file changes (path, size, mtime)."""
+    parts = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            return None
+        for f in sorted(path.iterdir()):
+            if f.is_file() and f.suffix in (".safetensors", ".json", ".jinja", ".bin"):
+                stat = f.stat()
+                parts.append(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20] if parts else None
+
+
+class AnswerCache:
+    """Greedy answers already computed for given weights, in ~/.cache/tunesmith/answers/.
+
+    Greedy decoding is deterministic for fixed weights, prompt and settings, so a
+    base model is asked each question once across runs (its answers feed the
+    identity and retention evals and the forgetting guard of every run)."""
+
+    def __init__(self, key: str | None):
+        from tunesmith.model.embedded import cache_root
+
+        # TUNESMITH_ANSWER_CACHE: another directory, or 0 to turn the cache off
+        where = os.environ.get("TUNESMITH_ANSWER_CACHE") or str(cache_root() / "answers")
+        self.path = Path(where) / f"{key}.json" if key and where != "0" else None
+        self.entries = {}
+        if self.path and self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                self.entries = {}
+
+    @staticmethod
+    def entry(prompt: str, system: str | None, max_new_tokens: int) -> str:
+        return json.dumps([prompt, system, max_new_tokens], ensure_ascii=False)
+
+    def get(self, entry: str) -> tuple[str, bool] | None:
+        found = self.entries.get(entry)
+        return (found[0], found[1]) if found else None
+
+    def save(self, new: dict[str, tuple[str, bool]]) -> None:
+        if not self.path or not new:
+            return
+        self.entries.update({k: list(v) for k, v in new.items()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(self.path)
 
 
 def load_for_eval(model: str, adapter: str | None = None, device: str = "auto") -> LoadedModel:
@@ -51,7 +108,12 @@ def load_for_eval(model: str, adapter: str | None = None, device: str = "auto") 
             raise UserError(f"{adapter} holds no adapter_config.json: pass a PEFT adapter dir")
         net = PeftModel.from_pretrained(net, adapter)
     net.eval()
-    return LoadedModel(net, tokenizer, adapter or model)
+    from tunesmith.model.resolve import resolve_model_path
+
+    key = weights_key(resolve_model_path(model), *([adapter] if adapter else []))
+    param = next(net.parameters())
+    key = key and f"{key}-{param.device.type}-{str(param.dtype).removeprefix('torch.')}"
+    return LoadedModel(net, tokenizer, adapter or model, key)
 
 
 def _messages(prompt: str, system: str | None) -> list[dict]:
@@ -86,7 +148,6 @@ def greedy_answers(
     ]
 
 
-@torch.inference_mode()
 def greedy_generate(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -95,7 +156,32 @@ def greedy_generate(
     batch_size: int = 16,
     desc: str = "answering",
 ) -> list[tuple[str, bool]]:
-    """(answer, finished) per prompt; finished = it ended with a stop token, not the length limit."""
+    """(answer, finished) per prompt; finished = it ended with a stop token, not the length limit.
+
+    Answers already in the `AnswerCache` of these weights are not generated again."""
+    cache = AnswerCache(lm.cache_key)
+    entries = [AnswerCache.entry(p, system, max_new_tokens) for p in prompts]
+    answers = [cache.get(e) for e in entries]
+    missing = [i for i, a in enumerate(answers) if a is None]
+    if missing:
+        fresh = _generate(
+            lm, [prompts[i] for i in missing], system, max_new_tokens, batch_size, desc
+        )
+        for i, answer in zip(missing, fresh, strict=True):
+            answers[i] = answer
+        cache.save({entries[i]: answers[i] for i in missing})
+    return answers
+
+
+@torch.inference_mode()
+def _generate(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    system: str | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    desc: str = "answering",
+) -> list[tuple[str, bool]]:
     tokenizer, model = lm.tokenizer, lm.model
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -157,3 +243,17 @@ def answer_logprobs(
         picked = logp.gather(1, torch.tensor(target, device=device)[:, None])
         results.append((float(picked.sum()), len(target)))
     return results
+
+
+def fit_threads_to_load() -> int:
+    """One torch thread when other processes already keep every core busy.
+
+    Two OpenMP threads fighting other processes for two cores spin at every barrier:
+    measured here, 16 greedy answers took 90 s with 2 threads and 11 s with 1 on a
+    busy 2-core machine. On an idle machine torch's default is kept."""
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available() or cores > 4:
+        return torch.get_num_threads()
+    if os.getloadavg()[0] >= cores:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()

@@ -68,3 +68,97 @@ def write_json(report: dict, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     tmp.replace(path)
+
+
+def _frac(hits: int, total: int) -> str:
+    return f"{pct(hits / total if total else None)} ({hits}/{total})"
+
+
+def workflow_markdown(report: dict) -> str:
+    """The before/after report of `tunesmith identity` (report.md, also printed)."""
+    run, ib, it = report["run"], report["identity"]["base"], report["identity"]["tuned"]
+    facts, drift, leak = (
+        report["retention"]["facts"],
+        report["retention"]["drift"],
+        report["retention"]["leakage"],
+    )
+    base_leak = report["base_leakage"]
+    rows = [
+        (
+            "identity hit rate",
+            _frac(ib["hits"], ib["questions"]),
+            _frac(it["hits"], it["questions"]),
+        ),
+    ]
+    for lang in it["by_lang"]:
+        b, t = ib["by_lang"].get(lang, {"hits": 0, "questions": 0}), it["by_lang"][lang]
+        rows.append(
+            (f"  {lang}", _frac(b["hits"], b["questions"]), _frac(t["hits"], t["questions"]))
+        )
+    old = ", ".join(it["old_names"]) or "none given"
+    rows += [
+        (
+            f"old identity claimed ({old})",
+            f"{ib['old_claims']} answers",
+            f"{it['old_claims']} answers",
+        ),
+        (
+            "factual prompts correct",
+            f"{facts['base_correct']}/{facts['prompts']}",
+            f"{facts['tuned_correct']}/{facts['prompts']}",
+        ),
+        ("base's correct answers kept", "", _frac(facts["kept"], facts["base_correct"])),
+        (
+            "drift: log-prob/token of base answers",
+            f"{drift['base_logprob']:.3f}",
+            f"{drift['tuned_logprob']:.3f} ({drift['delta']:+.3f})",
+        ),
+        (
+            "leakage (new identity unasked)",
+            _frac(base_leak["leaked"], base_leak["answers"]),
+            _frac(leak["leaked"], leak["answers"]),
+        ),
+    ]
+    total = sum(report["seconds"].values())
+    lines = [
+        f"# Identity report: {run['name']} by {run['author']}",
+        "",
+        f"Base `{run['model']}` -> merged model `{report['merged_model']}`",
+        f'(system prompt: "{report["system_prompt"]}").',
+        "",
+        "| | base | tuned |",
+        "| --- | --- | --- |",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+    ]
+    if facts["lost"]:
+        lines.append("Lost facts:")
+        lines += [f"- {f['prompt']} -> {_one_line(f['tuned_answer'], 80)}" for f in facts["lost"]]
+        lines.append("")
+    if leak["examples"]:
+        lines.append("Leaks:")
+        lines += [f"- {f['prompt']} -> {_one_line(f['answer'], 80)}" for f in leak["examples"]]
+        lines.append("")
+    samples = []
+    for lang in it["by_lang"]:
+        samples += [a for a in it["answers"] if a["lang"] == lang][:3]
+    lines.append("Sample answers of the tuned model (held-out questions):")
+    lines += [
+        f"- {'ok' if a['hit'] else 'MISS'} {a['question']} -> {_one_line(a['answer'], 80)}"
+        for a in samples
+    ]
+    timing = ", ".join(f"{s} {v:.0f} s" for s, v in report["seconds"].items())
+    lines += [
+        "",
+        f"Time: {timing} (total {total:.0f} s).",
+        "",
+        "Talk to it:",
+        "",
+        "```",
+        report["commands"]["chat"],
+        report["commands"]["webui"],
+        report["commands"]["serve"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""`tunesmith identity`: the one-command identity workflow (data, train, export, merge, eval)."""
+
+from __future__ import annotations
+
+import time
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "identity",
+        help="make a chat model answer as your assistant (data, train, export, merge, eval)",
+        description="Generate identity data, train with the model's identity recipe (with the "
+        "forgetting guard), export the adapter, merge it, evaluate base and result, and print a "
+        "before/after report. Re-run with the same --work-dir to resume.",
+    )
+    parser.add_argument("--name", required=True, help="the assistant's new name")
+    parser.add_argument("--author", required=True, help="who made it")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="chat model: dir, cached hub id or embedded alias (default: smollm2-135m-instruct)",
+    )
+    parser.add_argument(
+        "--lang", default="zh,en", help="languages of the data: zh,en (default both)"
+    )
+    parser.add_argument(
+        "--work-dir", default=None, help="where everything goes (default: work_dirs/identity-NAME)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="recipe name or YAML (default: the model's identity recipe)"
+    )
+    parser.add_argument(
+        "--system",
+        default=None,
+        help="system prompt to train and export with (default: 'You are NAME, an AI assistant "
+        "developed by AUTHOR.')",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.max_steps=20",
+    )
+    parser.add_argument(
+        "--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="XTuner-style overrides"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from tunesmith.model.embedded import DEFAULT_MODEL
+    from tunesmith.workflow.identity import IdentityRun, IdentityWorkflow, check_text
+
+    name = check_text("name", args.name)
+    model = args.model or DEFAULT_MODEL
+    if args.model is None and args.config:
+        from tunesmith.config.loader import load_config
+
+        model = load_config(args.config).model.path
+    identity_run = IdentityRun(
+        name=name,
+        author=check_text("author", args.author),
+        model=model,
+        langs=tuple(lang.strip() for lang in args.lang.split(",") if lang.strip()),
+        config=args.config,
+        overrides=tuple(args.overrides) + tuple(args.cfg_options),
+        system=args.system,
+    )
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    work_dir = args.work_dir or f"work_dirs/identity-{safe}"
+    from tunesmith.eval.generate import fit_threads_to_load
+
+    print(f"torch threads: {fit_threads_to_load()}")
+    start = time.perf_counter()
+    IdentityWorkflow(identity_run, work_dir).execute()
+    print(f"done in {time.perf_counter() - start:.0f} s; report: {work_dir}/report.md")
+    return 0
