@@ -40,7 +40,9 @@ def test_truncation_is_counted_and_applied(smollm_tokenizer, records_file, tmp_p
     )
     over = int((ds.raw_lengths > 30).sum())
     assert over > 0
-    assert ds.summary["truncated"] == over
+    # truncated records whose answer was cut away entirely are dropped (and counted)
+    assert ds.summary["truncated"] == over + ds.summary["dropped"]
+    assert ds.summary["records"] + ds.summary["dropped"] == len(RECORDS)
     assert max(len(ds[i]["input_ids"]) for i in range(len(ds))) <= 30
 
 
@@ -165,3 +167,11 @@ def test_packed_loss_equals_unpacked_loss(smollm_tokenizer, tiny_model_dir, tmp_
             count += int((labels_t[:, 1:] != IGNORE).sum())
     assert count == ds.summary["trainable_tokens"]
     assert packed_sum / count == pytest.approx(single_sum / count, rel=1e-5, abs=1e-6)
+
+
+def test_documents_without_any_loss_are_dropped_and_counted(smollm_tokenizer, tmp_path):
+    context_only = {"conversation": [{"input": "a", "output": "b", "output_with_loss": False}]}
+    path = write_jsonl(tmp_path / "x.jsonl", [context_only, MULTI_TURN])
+    ds = build_dataset(data_config([path], tmp_path, template="chatml"), smollm_tokenizer)
+    assert ds.summary["dropped"] == 1
+    assert ds.summary["records"] == ds.num_documents == 1

@@ -32,7 +32,7 @@ from tunesmith.data.templates import ChatTemplate, get_template
 from tunesmith.data.tokenize import IGNORE, join_segments, tokenize_rendered
 from tunesmith.errors import UserError
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 CHUNK = 2048  # conversations per tokenizer call
 
 
@@ -41,7 +41,7 @@ class TrainDataset:
         self.ids = arrays["ids"]
         self.labels = arrays["labels"]
         self.doc_offsets = arrays["doc_offsets"]
-        self.raw_lengths = arrays["raw_lengths"]  # before truncation
+        self.raw_lengths = arrays["raw_lengths"]  # of each document before truncation
         self.row_offsets = arrays["row_offsets"]
         self.row_docs = arrays["row_docs"]
         self.summary = summary
@@ -173,6 +173,13 @@ def _assemble(doc_ids, doc_labels, raw_lengths, data) -> tuple[dict[str, np.ndar
         # saying so keeps a packed row from predicting it from the previous document.
         if len(labels):
             labels[0] = IGNORE
+    # A document with no token left to learn (its answers truncated away, or all
+    # marked without loss) would only cost compute: leave it out, and count it.
+    keep = [i for i, labels in enumerate(doc_labels) if (labels != IGNORE).any()]
+    dropped = len(doc_ids) - len(keep)
+    doc_ids = [doc_ids[i] for i in keep]
+    doc_labels = [doc_labels[i] for i in keep]
+    raw_lengths = [raw_lengths[i] for i in keep]
     lengths = np.array([len(x) for x in doc_ids], dtype=np.int64)
     doc_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     if data.pack_to_max_length:
@@ -196,6 +203,7 @@ def _assemble(doc_ids, doc_labels, raw_lengths, data) -> tuple[dict[str, np.ndar
         "tokens": int(len(ids)),
         "trainable_tokens": int((labels != IGNORE).sum()),
         "truncated": truncated,
+        "dropped": dropped,
         "rows": len(bins),
         "max_length": max_length,
         "packed": bool(data.pack_to_max_length),
