@@ -130,3 +130,14 @@ def test_load_with_adapter_uses_its_weights_and_its_tokenizer_template(tiny_mode
 def test_adapter_dir_without_adapter_config_is_a_user_error(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="adapter_config.json"):
         Engine.load(str(tiny_model_dir), adapter=str(tmp_path))
+
+
+def test_four_bit_loading_generates(tiny_model_dir):
+    """--bits 4 loads the decoder linears as bitsandbytes NF4 (runs on CPU too)."""
+    import bitsandbytes as bnb
+
+    engine = Engine.load(str(tiny_model_dir), bits=4, device="cpu")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in engine.model.modules())
+    stats = GenerationStats()
+    text = "".join(engine.stream(MESSAGES, stats=stats, **GREEDY))
+    assert stats.completion_tokens > 0 and isinstance(text, str)
