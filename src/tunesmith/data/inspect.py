@@ -22,6 +22,7 @@ class FileReport:
     errors: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     trainable: int = 0
+    no_loss: int = 0  # records left with no token to learn after truncation
 
 
 def is_data_file(target: str) -> bool:
@@ -60,6 +61,7 @@ def check_files(
             )
             report.lengths = [len(x) for x in ids]
             report.trainable = int(sum(int((lab != IGNORE).sum()) for lab in labels))
+            report.no_loss = sum(1 for lab in labels if not (lab[1:max_length] != IGNORE).any())
         reports.append(report)
     return reports
 
@@ -83,6 +85,9 @@ def format_report(reports: list[FileReport], max_length: int, template_name: str
             f"({sum(r.trainable for r in reports):,} with loss)"
         )
         lines.append(f"truncated at max_length {max_length}: {truncated} of {len(lengths)} records")
+        no_loss = sum(r.no_loss for r in reports)
+        if no_loss:
+            lines.append(f"left out (no token with loss after truncation): {no_loss} records")
     return "\n".join(lines)
 
 
