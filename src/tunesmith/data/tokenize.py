@@ -92,7 +92,10 @@ def special_splitter(backend) -> re.Pattern | None:
     None when an added token strips whitespace around it or is normalised: then
     pieces would not tokenise independently.
     """
-    added = list(backend.get_added_tokens_decoder().values())
+    try:
+        added = list(backend.get_added_tokens_decoder().values())
+    except AttributeError:  # an older tokenizers library
+        return None
     if not added or any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added):
         return None
     contents = sorted({t.content for t in added}, key=len, reverse=True)  # longest match first
