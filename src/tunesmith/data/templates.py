@@ -221,8 +221,8 @@ class AutoTemplate(ChatTemplate):
         probe = self.render(
             Conversation([Turn("user", "x"), Turn("assistant", "y", True)], source="probe")
         )
-        end = probe[-2].text if not probe[-1].trainable else probe[-1].text
-        end_marker = end[1:] if end.startswith("y") else ""
+        answer = [s.text for s in probe if s.trainable][-1]  # "y" + the end-of-turn marker
+        end_marker = answer[len("y") :]
         eos = getattr(tokenizer, "eos_token", None)
         self.stop_words = [w for w in dict.fromkeys([end_marker, eos]) if w]
 
