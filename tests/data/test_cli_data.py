@@ -170,3 +170,16 @@ def test_check_counts_records_left_without_loss(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "truncated at max_length 64: 1 of 4 records" in out
     assert "left out (no token with loss after truncation): 1 records" in out
+
+
+def test_check_and_show_read_a_config_file(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "a.jsonl", ALPACA)
+    config = tmp_path / "my.yaml"
+    config.write_text(
+        f"data:\n  files: [{data}]\n  template: chatml\n  max_length: 64\n"
+        f"  cache_dir: {tmp_path / 'cache'}\nSYSTEM: You are Ada.\n"
+    )
+    assert main(["data", "check", str(config)]) == 0
+    assert f"{len(ALPACA)} records (alpaca {len(ALPACA)})" in capsys.readouterr().out
+    assert main(["data", "show", str(config), "--show", "text"]) == 0
+    assert "<|im_start|>system\nYou are Ada.<|im_end|>" in capsys.readouterr().out
