@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import internlm2_config, internlm2_state_dict, write_internlm2
+from internlm2_helpers import internlm2_config, internlm2_state_dict, write_internlm2
 from safetensors.torch import load_file
 
 from tunesmith.config.schema import LoraConfig, ModelConfig, QuantizationConfig

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import (
+from internlm2_helpers import (
     internlm2_config,
     internlm2_state_dict,
     internlm2_tokenizer_model,

@@ -65,9 +65,9 @@ def embedded_dir(alias: str, with_weights: bool = True) -> Path:
     marker = target / ("model.safetensors" if with_weights else "tokenizer.json")
     if marker.exists():
         return target
-    if not with_weights and (cache_root() / "models" / alias / "tokenizer.json").exists():
-        return target
-    _convert(alias, target, with_weights)
+    with cache_lock(target):
+        if not marker.exists():
+            _convert(alias, target, with_weights)
     return target
 
 
@@ -108,3 +108,14 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def cache_lock(target: Path) -> Iterator[None]:
+    """Held while `target` is made, so processes started together (torchrun ranks) make
+    it once: the others wait, then find it made."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        yield

@@ -22,7 +22,7 @@ import torch
 from transformers import LlamaConfig
 
 from tunesmith.errors import UserError
-from tunesmith.model.embedded import atomic_dir, cache_root
+from tunesmith.model.embedded import atomic_dir, cache_lock, cache_root
 
 MODEL_TYPE = "internlm2"
 CONVERTER_VERSION = "1"
@@ -314,17 +314,24 @@ def llama_checkpoint(path: str | Path) -> Path:
     records the source in `tunesmith_source` ({"model_type", "path", "auto_map"}) so an
     export can write the original layout back.
     """
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
     path = Path(path)
     config_dict = read_config(path)
     config = llama_config(config_dict)
     files = _weight_files(path)
     target = cache_root() / "internlm2-llama" / _cache_key(path, files)
-    if (target / "config.json").exists():
-        return target
-    _remove_stale_copies(target.parent, path)
+    with cache_lock(target):
+        if not (target / "config.json").exists():
+            _remove_stale_copies(target.parent, path)
+            _write_llama_copy(path, config_dict, config, files, target)
+    return target
+
+
+def _write_llama_copy(
+    path: Path, config_dict: dict, config: LlamaConfig, files: list[Path], target: Path
+) -> None:
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
     with atomic_dir(target) as tmp:
         weight_map = {}
         for index, file in enumerate(tqdm(files, desc="mapping InternLM2 -> Llama", unit="file")):
@@ -346,7 +353,6 @@ def llama_checkpoint(path: str | Path) -> Path:
         config.save_pretrained(tmp)
         if (path / "generation_config.json").is_file():  # chat models stop at <|im_end|> too
             shutil.copy(path / "generation_config.json", tmp / "generation_config.json")
-    return target
 
 
 def _remove_stale_copies(cache: Path, source: Path) -> None:
@@ -386,10 +392,11 @@ def load_tokenizer(path: str | Path):
     digest.update(json.dumps(tokenizer_config, sort_keys=True).encode())
     digest.update(CONVERTER_VERSION.encode())
     cached = cache_root() / "tokenizers" / f"internlm2-{digest.hexdigest()[:20]}"
-    if not (cached / "tokenizer.json").exists():
-        tokenizer = _convert_tokenizer(model_file, tokenizer_config)
-        with atomic_dir(cached) as tmp:
-            tokenizer.save_pretrained(tmp)
+    with cache_lock(cached):
+        if not (cached / "tokenizer.json").exists():
+            tokenizer = _convert_tokenizer(model_file, tokenizer_config)
+            with atomic_dir(cached) as tmp:
+                tokenizer.save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(cached)
 
 
