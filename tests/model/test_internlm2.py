@@ -152,6 +152,27 @@ def test_changed_checkpoint_replaces_its_stale_copy(tmp_path):
     )
 
 
+def test_processes_started_together_convert_once(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tunesmith.model import internlm2
+
+    config = internlm2_config(vocab_size=512)
+    path = write_internlm2(tmp_path / "m", config, internlm2_state_dict(config), tokenizer=False)
+    calls = []
+    write = internlm2._write_llama_copy
+
+    def counting_write(*args):
+        calls.append(args)
+        write(*args)
+
+    monkeypatch.setattr(internlm2, "_write_llama_copy", counting_write)
+    with ThreadPoolExecutor(3) as pool:
+        targets = list(pool.map(lambda _: internlm2.llama_checkpoint(path), range(3)))
+    assert len(set(targets)) == 1 and (targets[0] / "config.json").exists()
+    assert len(calls) == 1
+
+
 def test_qlora_on_internlm2_quantizes_mapped_linears_and_trains(tmp_path):
     import bitsandbytes as bnb
 
