@@ -6,14 +6,17 @@
 #
 #   bash bench/gpu_run.sh single     # 1 GPU: baseline qlora/lora, tunesmith qlora/lora, variants
 #   bash bench/gpu_run.sh multi      # 2 GPUs: tunesmith qlora on 1 GPU, then ZeRO-2 on 2
+#   bash bench/gpu_run.sh xtuner     # baseline, tunesmith and XTuner 0.2.0 (carry .xt + .bench,
+#                                    #   .bench/xtuner = ../shared/bench/xtuner, .bench/wheels)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 OUTD=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUTD"
+# the carried wheels: .whl (all of them), or .bench/wheels + bitsandbytes from .xt (XTuner's call)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
+  --target /tmp/site $(ls .whl/*.whl .bench/wheels/*.whl .xt/bitsandbytes-*.whl 2>/dev/null) || exit 1
 export PYTHONPATH=$PWD/src:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 - <<'EOF'
@@ -55,6 +58,13 @@ multi)
   [ $SECONDS -lt 460 ] && run ts_loop_qlora_1gpu 90 python3 bench/gpu_train.py qlora
   [ $SECONDS -lt 470 ] && run base_qlora 110 python3 .bench/baseline_hf_peft.py qlora 2048 4 ckpt
   tail -n 3 /tmp/ts_bench_work/*/metrics.jsonl 2>/dev/null | cut -c1-200
+  ;;
+xtuner)
+  run base_qlora 200 python3 .bench/baseline_hf_peft.py qlora 2048 4 ckpt
+  run ts_qlora 100 python3 bench/gpu_train.py qlora
+  echo "== xtuner (tutorial config, Llama layout)"
+  WHEELS=.xt XT_S=330 OUT=$OUTD bash .bench/xtuner/run.sh 2>&1 | tail -8
+  [ $SECONDS -lt 500 ] && run ts_qlora_ckpt16 80 python3 bench/gpu_train.py qlora --ckpt-layers 16
   ;;
 *)
   shift
