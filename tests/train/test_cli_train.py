@@ -58,6 +58,10 @@ def test_train_command_trains_saves_and_prints_the_export_command(config_file, t
     saved = yaml.safe_load((work_dir / "iter_3" / "config.yaml").read_text())
     assert saved["train"]["seed"] == 7 and saved["train"]["lr"] == 2e-2
     assert saved["runtime"]["work_dir"] == str(work_dir)
+    # the printed export command works on what was saved
+    export = ["convert", "pth_to_hf", str(work_dir / "config.yaml"), str(work_dir / "iter_3")]
+    assert main([*export, str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "adapter_model.safetensors").is_file()
 
 
 def test_train_command_without_resume_refuses_a_work_dir_with_checkpoints(

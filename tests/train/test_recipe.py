@@ -194,3 +194,17 @@ def test_metrics_tensorboard_and_loss_plot_are_written(tiny_config, run_training
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_keeps_the_losses(method, tiny_config, run_training, tmp_path):
+    parts = {"lora": None} if method == "full" else {}
+    plain = tiny_config(**parts, train={"max_steps": 3, "lr": 1e-3})
+    ckpt_cfg = tiny_config(
+        **parts, train={"max_steps": 3, "lr": 1e-3, "gradient_checkpointing": True}
+    )
+    recipe, with_ckpt = run_training(ckpt_cfg, tmp_path / "ckpt")
+    _, without = run_training(plain, tmp_path / "plain")
+    modules = recipe.accelerator.unwrap_model(recipe.model).modules()
+    assert any(getattr(m, "gradient_checkpointing", False) is True for m in modules)
+    assert with_ckpt.losses == pytest.approx(without.losses, abs=1e-5)
