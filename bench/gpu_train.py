@@ -141,7 +141,6 @@ def run_recipe(args, cfg) -> dict:
     recipe = TrainRecipe(cfg, work_dir=work_dir)
     start = time.time()
     recipe.setup()
-    limit_checkpointing(recipe.accelerator.unwrap_model(recipe.model), args.ckpt_layers)
     load_s = time.time() - start
     acc = recipe.accelerator
     try:
@@ -194,6 +193,7 @@ def build_config(args):
             max_steps=args.steps,
             lr=2e-4,
             gradient_checkpointing=args.ckpt,
+            checkpoint_layers=args.ckpt_layers,
             deepspeed=args.deepspeed,
             mixed_precision="bf16",
         ),
@@ -290,17 +290,6 @@ def main() -> None:
                 f.write(json.dumps(result) + "\n")
 
 
-def limit_checkpointing(model, layers: int | None) -> None:
-    """Keep gradient checkpointing on the first `layers` decoder layers only (None: all)."""
-    if layers is None:
-        return
-    from tunesmith.model.fast import unwrap
-
-    for i, layer in enumerate(unwrap(model).model.layers):
-        if i >= layers:
-            layer.gradient_checkpointing = False
-
-
 def run_loop(args, cfg):
     """tunesmith's model setup and loss contract in a bare loop (no data pipeline, no hooks)."""
     from tunesmith.model.adapters import apply_lora
@@ -320,7 +309,6 @@ def run_loop(args, cfg):
     model = load_model(cfg.model, cfg.quantization, device=str(accelerator.device))
     model = apply_lora(model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
     model = optimize_for_training(model, cfg)
-    limit_checkpointing(model, args.ckpt_layers)
     load_s = time.time() - start
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas)

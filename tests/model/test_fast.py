@@ -148,3 +148,38 @@ def test_varlen_attention_off_cuda_generates_like_sdpa():
     model.set_attn_implementation(fast.VARLEN)
 
     assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), expected)
+
+
+def _loss_and_grads(model, x):
+    model.train()
+    model.zero_grad()
+    loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_checkpoint_layers_keeps_only_the_first_layers_checkpointed():
+    model = tiny_llama()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    cfg = Config.model_validate({"train": {"gradient_checkpointing": True, "checkpoint_layers": 1}})
+
+    fast.optimize_for_training(model, cfg)
+
+    flags = [layer.gradient_checkpointing for layer in model.model.layers]
+    assert flags == [True, False]
+
+
+def test_checkpoint_layers_leave_the_gradients_unchanged():
+    x = torch.randint(0, 128, (2, 16))
+    full = tiny_llama()
+    full.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    expected_loss, expected = _loss_and_grads(full, x)
+
+    partial = tiny_llama()
+    partial.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert fast.limit_checkpointing(partial, 1) == 1
+    loss, grads = _loss_and_grads(partial, x)
+
+    torch.testing.assert_close(loss, expected_loss)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)

@@ -102,6 +102,9 @@ class TrainConfig(_Part):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     # True trades ~30% speed for much less activation memory
     gradient_checkpointing: bool = False
+    # with gradient_checkpointing: checkpoint only the first N decoder layers (null = all);
+    # each layer left out runs ~1/4 faster and keeps its activations (~1.6 GiB at 7B, 4 x 2048)
+    checkpoint_layers: int | None = Field(None, ge=0)
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     seed: int = 42
     deepspeed: str | None = None  # zero2 | zero3 | deepspeed_zero2 | ... | path.json
