@@ -48,7 +48,8 @@ def apply_lora(
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
-        # checkpointed blocks need an input that requires grad when the embeddings are frozen
+        # with frozen embeddings, a reentrant checkpoint (if a caller switches to one) would
+        # see no input that requires grad and skip the backward of its block
         model.enable_input_require_grads()
         model.config.use_cache = False
     config = PeftLoraConfig(

@@ -90,9 +90,11 @@ def load_model(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype or model_cfg.dtype, device)
     path = resolve_model_path(model_cfg.path)
+    attention = model_cfg.attn_implementation
+    # "auto" loads PyTorch SDPA; on CUDA, model/fast.py may switch packed batches to varlen
     kwargs = {
         "dtype": torch_dtype,
-        "attn_implementation": attn_implementation(model_cfg.attn_implementation, device),
+        "attn_implementation": "sdpa" if attention == "auto" else attention,
     }
     if quantization is not None:
         kwargs["quantization_config"] = bnb_config(quantization, torch_dtype)
@@ -115,11 +117,6 @@ def load_model(
     # adapters and exports name the user's checkpoint as their base, not the cache copy
     model.config.name_or_path = model.name_or_path = path
     return model
-
-
-def attn_implementation(name: str, device: str) -> str:
-    """For "auto": PyTorch SDPA, which honours per-document masks built from position_ids."""
-    return "sdpa" if name == "auto" else name
 
 
 def _check_architecture(path: str, trust_remote_code: bool) -> None:
