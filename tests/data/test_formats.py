@@ -146,3 +146,22 @@ def test_template_braces_in_code_data_are_not_placeholders(tmp_path):
     }
     (conv,) = load_conversations(write_jsonl(tmp_path / "code.jsonl", [record]))
     assert conv.turns[-1].content == record["output"]
+
+
+def test_parquet_null_loss_flags_mean_trainable(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "conversation": [
+                {"input": "a", "output": "b", "output_with_loss": False},
+                {"input": "c", "output": "d"},
+            ]
+        },
+        {"conversation": [{"input": "e", "output": "f"}]},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    first, second = load_conversations(tmp_path / "c.parquet")
+    assert [t.trainable for t in first.turns if t.role == "assistant"] == [False, True]
+    assert [t.trainable for t in second.turns if t.role == "assistant"] == [True]

@@ -183,6 +183,11 @@ def _text(value, loc: str, key: str, required: bool = True) -> str:
     return value
 
 
+def _flag(value) -> bool:
+    """A loss flag; absent or null (parquet fills missing struct fields with null) means True."""
+    return True if value is None else bool(value)
+
+
 def _from_conversation(record: dict, loc: str) -> list[Turn]:
     items = record["conversation"]
     if not isinstance(items, list) or not items:
@@ -198,8 +203,8 @@ def _from_conversation(record: dict, loc: str) -> list[Turn]:
             raise UserError(f"{loc}: {key} is missing 'output'; every turn needs an answer")
         user = _text(item.get("input"), loc, f"{key}.input", required=False)
         turns.append(Turn("user", user))
-        loss = item.get("output_with_loss", True)
-        turns.append(Turn("assistant", _text(item["output"], loc, f"{key}.output"), bool(loss)))
+        loss = _flag(item.get("output_with_loss"))
+        turns.append(Turn("assistant", _text(item["output"], loc, f"{key}.output"), loss))
     return turns
 
 
@@ -247,7 +252,7 @@ def _role_list(items, loc: str, name: str, role_key: str, text_key: str, roles: 
                 f"use one of {', '.join(roles)}"
             )
         content = _text(item.get(text_key), loc, f"{key}.{text_key}")
-        turns.append(Turn(role, content, role == "assistant" and bool(item.get("loss", True))))
+        turns.append(Turn(role, content, role == "assistant" and _flag(item.get("loss"))))
     return _check_order(turns, loc)
 
 
