@@ -165,3 +165,10 @@ def test_parquet_null_loss_flags_mean_trainable(tmp_path):
     first, second = load_conversations(tmp_path / "c.parquet")
     assert [t.trainable for t in first.turns if t.role == "assistant"] == [False, True]
     assert [t.trainable for t in second.turns if t.role == "assistant"] == [True]
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ALPACA[0]).encode() + b"\n")
+    (conv,) = load_conversations(path)
+    assert conv.turns[0].content == ALPACA[0]["instruction"]

@@ -83,7 +83,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     seen = False
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -102,7 +102,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, dict]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -57,7 +57,7 @@ def replace_file(
     counts = {"records": 0, "replacements": 0}
     try:
         with (
-            open(src, encoding="utf-8") as f,
+            open(src, encoding="utf-8-sig") as f,
             os.fdopen(fd, "w", encoding="utf-8") as out,
             tqdm(
                 total=src.stat().st_size,
