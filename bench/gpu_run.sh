@@ -6,6 +6,8 @@
 #
 #   bash bench/gpu_run.sh single     # 1 GPU: baseline qlora/lora, tunesmith qlora/lora, variants
 #   bash bench/gpu_run.sh multi      # 2 GPUs: tunesmith qlora on 1 GPU, then ZeRO-2 on 2
+#   bash bench/gpu_run.sh cli        # 2 GPUs: `tunesmith train ... --deepspeed deepspeed_zero2`
+#                                    #   on 1 GPU, then with NPROC_PER_NODE=2
 #   bash bench/gpu_run.sh xtuner     # baseline, tunesmith and XTuner 0.2.0 (carry .xt + .bench,
 #                                    #   .bench/xtuner = ../shared/bench/xtuner, .bench/wheels)
 #
@@ -65,6 +67,29 @@ xtuner)
   echo "== xtuner (tutorial config, Llama layout)"
   WHEELS=.xt XT_S=330 OUT=$OUTD bash .bench/xtuner/run.sh 2>&1 | tail -8
   [ $SECONDS -lt 500 ] && run ts_qlora_ckpt16 80 python3 bench/gpu_train.py qlora --ckpt-layers 16
+  ;;
+cli)
+  # the real command line, as a user types it (config: bench/configs/gpu_qlora_7b.yaml)
+  python3 bench/gpu_train.py prepare > "$OUTD/prepare.log" 2>&1 || tail -5 "$OUTD/prepare.log"
+  echo "== tunesmith train --deepspeed deepspeed_zero2, one GPU"
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m tunesmith.cli.main train bench/configs/gpu_qlora_7b.yaml \
+    --deepspeed deepspeed_zero2 --work-dir /tmp/cli1 > "$OUTD/cli_1gpu.log" 2>&1
+  echo "rc=$?"; grep -E "Error|error:" "$OUTD/cli_1gpu.log" | tail -3
+  echo "== NPROC_PER_NODE=2 tunesmith train --deepspeed deepspeed_zero2"
+  NPROC_PER_NODE=2 timeout 240 python3 -m tunesmith.cli.main train bench/configs/gpu_qlora_7b.yaml \
+    --deepspeed deepspeed_zero2 --work-dir /tmp/cli2 > "$OUTD/cli_2gpu.log" 2>&1
+  echo "rc=$?"; grep -E "Error|error:|launching" "$OUTD/cli_2gpu.log" | tail -3
+  for n in 1 2; do
+    cp /tmp/cli$n/metrics.jsonl "$OUTD/cli${n}_metrics.jsonl" 2>/dev/null
+    python3 - /tmp/cli$n/metrics.jsonl $n <<'EOF2'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+rates = sorted(r["tokens_per_s"] for r in rows if r["step"] > 3)
+print(f"cli {sys.argv[2]} GPU(s): steps {len(rows)}, loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}, "
+      f"median tok/s per process {rates[len(rates) // 2]:.0f}, all GPUs {rates[len(rates) // 2] * int(sys.argv[2]):.0f}")
+EOF2
+  done
+  exit 0
   ;;
 *)
   shift

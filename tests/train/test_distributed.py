@@ -212,3 +212,14 @@ def test_maybe_relaunch_returns_the_launchers_exit_code(monkeypatch):
     monkeypatch.setattr(dist.subprocess, "call", fake_call)
     assert dist.maybe_relaunch_distributed(["train", "cfg.yaml"]) == 3
     assert "--nproc_per_node=2" in seen["cmd"]
+
+
+def test_single_process_env_makes_a_world_of_one():
+    env = dist.single_process_env({})
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) == ("0", "0", "1")
+    assert env["MASTER_ADDR"] == "127.0.0.1"
+    assert 0 < int(env["MASTER_PORT"]) < 65536
+
+
+def test_single_process_env_leaves_a_launched_process_alone():
+    assert dist.single_process_env({"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"}) == {}

@@ -177,9 +177,36 @@ def make_accelerator(cfg, deepspeed: str | None = None):
             raise UserError(
                 f"--deepspeed {strategy} needs DeepSpeed: pip install 'tunesmith[deepspeed]'"
             ) from err
+    if strategy:
+        # `tunesmith train CFG --deepspeed zero2` on one GPU, as in the XTuner tutorial:
+        # DeepSpeed and FSDP want a process group even for one process
+        for key, value in single_process_env(os.environ).items():
+            os.environ.setdefault(key, value)
     from accelerate import Accelerator
 
     return Accelerator(**accelerator_kwargs(cfg, deepspeed))
+
+
+def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The torchrun variables of a world of one, for a process not started by a launcher."""
+    if "LOCAL_RANK" in env or "RANK" in env:
+        return {}
+    return {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # ---- NPROC_PER_NODE=N tunesmith train ... -----------------------------------------------------
