@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -145,10 +144,8 @@ def run_webui(args) -> int:
         *app_args,
     ]
     print(f"web UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    # Become the streamlit process, so Ctrl-C and kill reach it directly.
+    os.execv(sys.executable, command)
 
 
 def run_serve(args) -> int:
