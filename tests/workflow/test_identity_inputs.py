@@ -63,6 +63,8 @@ def _manifest(work, **run):
         "config": None,
         "overrides": [],
         "system": None,
+        "questions": None,
+        "prompts": None,
         **run,
     }
     work.mkdir(parents=True)

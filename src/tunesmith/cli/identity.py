@@ -36,6 +36,12 @@ def register(subparsers) -> None:
         "developed by AUTHOR.')",
     )
     parser.add_argument(
+        "--questions", default=None, help="identity eval questions, JSON (default: the shipped set)"
+    )
+    parser.add_argument(
+        "--prompts", default=None, help="retention eval prompts, JSON (default: the shipped set)"
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -65,6 +71,8 @@ def run(args) -> int:
         config=args.config,
         overrides=tuple(args.overrides) + tuple(args.cfg_options),
         system=args.system,
+        questions=args.questions,
+        prompts=args.prompts,
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     work_dir = args.work_dir or f"work_dirs/identity-{safe}"

@@ -42,6 +42,8 @@ class IdentityRun:
     config: str | None = None
     overrides: tuple[str, ...] = ()
     system: str | None = None
+    questions: str | None = None  # identity eval questions (default: the shipped set)
+    prompts: str | None = None  # retention eval prompts (default: the shipped set)
 
     @property
     def system_prompt(self) -> str:
@@ -112,7 +114,10 @@ def build_config(run: IdentityRun, work_dir: Path) -> Config:
         }
     )
     guard = cfg.guard.model_copy(update={} if "guard.enabled" in given else {"enabled": True})
-    runtime = cfg.runtime.model_copy(update={"work_dir": str(work_dir / "train")})
+    runtime = {"work_dir": str(work_dir / "train")}
+    if not any(k.startswith("runtime.evaluation") for k in given):
+        runtime["evaluation_inputs"] = []  # the workflow's own evals replace the chat samples
+    runtime = cfg.runtime.model_copy(update=runtime)
     return cfg.model_copy(update={"model": model, "data": data, "guard": guard, "runtime": runtime})
 
 
@@ -153,6 +158,11 @@ class IdentityWorkflow:
         if not run.langs or any(lang not in LANGUAGES for lang in run.langs):
             raise UserError(f"--lang {','.join(run.langs)}: use a comma-separated subset of zh,en")
         self._check_work_dir()
+        from tunesmith.eval.identity import load_questions
+        from tunesmith.eval.retention import load_prompts
+
+        load_questions(run.questions)
+        load_prompts(run.prompts)
         self.cfg = build_config(run, self.work_dir)
         check_chat_model(self.cfg)
         self.old_names = default_old_names(run.model)
@@ -285,12 +295,14 @@ class IdentityWorkflow:
         vanilla client sees (the merged model's template defaults to the new system prompt)."""
         from tunesmith.eval import retention
         from tunesmith.eval.generate import load_for_eval
-        from tunesmith.eval.identity import evaluate_identity
+        from tunesmith.eval.identity import evaluate_identity, load_questions
         from tunesmith.eval.report import write_json
 
         lm = load_for_eval(model)
-        identity = evaluate_identity(lm, self.run.name, self.run.author, old_names=self.old_names)
-        prompts = retention.load_prompts()
+        identity = evaluate_identity(
+            lm, self.run.name, self.run.author, load_questions(self.run.questions), self.old_names
+        )
+        prompts = retention.load_prompts(self.run.prompts)
         measured = retention.measure(
             lm, prompts, base_general=None if base is None else base["retention"]["general"]
         )
@@ -302,7 +314,7 @@ class IdentityWorkflow:
 
         base = json.loads(self.paths["base_eval"].read_text())
         tuned = json.loads(self.paths["tuned_eval"].read_text())
-        prompts = retention.load_prompts()
+        prompts = retention.load_prompts(self.run.prompts)
         compared = retention.compare(
             base["retention"], tuned["retention"], prompts, self.run.name, self.run.author
         )

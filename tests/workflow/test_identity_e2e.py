@@ -1,0 +1,100 @@
+"""`tunesmith identity` end to end on the embedded SmolLM2 with a few steps (slow).
+
+Checks that the workflow completes, that the merged model loads with vanilla
+transformers, that report.json is well formed and that a re-run skips every stage.
+The scores themselves are not asserted: a few steps do not teach the identity.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunesmith.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_eval_sets(tmp_path):
+    questions = tmp_path / "questions.json"
+    questions.write_text(
+        json.dumps(
+            {
+                "questions": [
+                    {"lang": "en", "question": "How should I address you?", "asks": "name"},
+                    {"lang": "zh", "question": "是谁做出了你？", "asks": "author"},
+                ]
+            },
+            ensure_ascii=False,
+        )
+    )
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(
+        json.dumps(
+            {
+                "facts": [{"prompt": "What is the capital of France?", "answers": ["paris"]}],
+                "general": ["List three fruits."],
+            }
+        )
+    )
+    guard = tmp_path / "guard.txt"
+    guard.write_text("What is 3 plus 4?\nName a colour.\n")
+    return questions, prompts, guard
+
+
+def test_identity_workflow_completes_and_resumes(tmp_path, small_eval_sets, capsys):
+    questions, prompts, guard = small_eval_sets
+    work = tmp_path / "work"
+    args = [
+        "identity",
+        "--name",
+        "Ada",
+        "--author",
+        "Tunesmith Lab",
+        "--work-dir",
+        str(work),
+        "--questions",
+        str(questions),
+        "--prompts",
+        str(prompts),
+        "train.max_steps=2",
+        "train.batch_size=1",
+        "data.max_length=256",
+        f"guard.prompts={guard}",
+        "guard.max_new_tokens=16",
+        "guard.ratio=0.05",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "tunesmith chat" in out and "tunesmith serve" in out
+
+    report = json.loads((work / "report.json").read_text())
+    assert report["run"]["name"] == "Ada"
+    for side in ("base", "tuned"):
+        ident = report["identity"][side]
+        assert ident["questions"] == 2 and set(ident["by_lang"]) == {"en", "zh"}
+        assert 0.0 <= ident["hit_rate"] <= 1.0
+    retention = report["retention"]
+    assert set(retention) >= {"facts", "drift", "leakage"}
+    assert retention["leakage"]["answers"] == 2
+    assert (work / "report.md").read_text().startswith("# Identity report: Ada")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = work / "merged"
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    # vanilla clients get the new identity's system prompt, not SmolLM's default
+    assert "You are Ada, an AI assistant developed by Tunesmith Lab." in prompt
+    assert "SmolLM" not in prompt
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    assert model(input_ids=ids).logits.isfinite().all()
+
+    assert main(args) == 0
+    rerun = capsys.readouterr().out
+    assert rerun.count("skipped") == 8
