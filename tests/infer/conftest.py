@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
+
+
+def _pick_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +18,9 @@ def tiny_engine(tiny_model_dir):
     from tunesmith.infer.engine import Engine
 
     return Engine.load(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a loopback port nobody listens on."""
+    return _pick_free_port

@@ -1,6 +1,5 @@
 """The OpenAI-compatible server, driven by the official `openai` client over a real socket."""
 
-import socket
 import threading
 import time
 
@@ -16,16 +15,10 @@ MODEL = "tiny"
 ASK = [{"role": "user", "content": "Say something."}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def base_url(tiny_engine):
+def base_url(tiny_engine, free_port):
     app = create_app(tiny_engine, model_name=MODEL, api_key=KEY, max_body_bytes=4096)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -128,13 +121,13 @@ def test_unknown_model_raises_not_found_in_the_client(client):
         client.chat.completions.create(model="gpt-4", messages=ASK, max_tokens=2)
 
 
-def test_serve_command_answers_the_openai_client(tiny_model_dir, tmp_path):
+def test_serve_command_answers_the_openai_client(tiny_model_dir, tmp_path, free_port):
     import os
     import signal
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "serve.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "tunesmith.cli.main", "serve", str(tiny_model_dir),

@@ -22,12 +22,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -40,8 +34,8 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 90) ->
 
 
 @pytest.fixture
-def webui_url(tiny_model_dir, tmp_path):
-    port = _free_port()
+def webui_url(tiny_model_dir, tmp_path, free_port):
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
     env["TUNESMITH_CACHE"] = os.environ.get(
         "TUNESMITH_CACHE", str(Path.home() / ".cache/tunesmith")

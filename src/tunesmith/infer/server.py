@@ -80,6 +80,8 @@ class ChatCompletionRequest(BaseModel):
 
 
 class APIError(Exception):
+    """An error answered as `{"error": {...}}` with an HTTP status, as OpenAI does."""
+
     def __init__(
         self,
         status: int,
@@ -89,24 +91,11 @@ class APIError(Exception):
         code: str | None = None,
     ):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type_,
-            param,
-            code,
-        )
+        self.status = status
+        self.body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
-
-def error_response(
-    status: int,
-    message: str,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body, status_code=self.status)
 
 
 def create_app(
@@ -120,15 +109,15 @@ def create_app(
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return exc.response()
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), code=str(exc.status_code))
+        return APIError(exc.status_code, str(exc.detail), code=str(exc.status_code)).response()
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, exc: Exception):
-        return error_response(500, f"internal error: {exc}", "server_error")
+        return APIError(500, f"internal error: {exc}", "server_error").response()
 
     def check_key(request: Request) -> None:
         if api_key is None:
