@@ -213,6 +213,8 @@ class TrainRecipe:
         cfg, acc = self.cfg, self.accelerator
         accum = cfg.train.accumulative_counts
         data = self._micro_batches(start=self.step * accum)
+        if self.is_main:
+            self.chat_samples(acc.unwrap_model(self.model), self.step)
         tokens, start_time = 0, time.perf_counter()
         progress = tqdm(
             total=self.total_steps,
@@ -221,8 +223,6 @@ class TrainRecipe:
             unit="step",
             disable=not self.is_main,
         )
-        if self.is_main:
-            self.chat_samples(acc.unwrap_model(self.model), self.step)
         with StopSignals() as stop:
             while self.step < self.total_steps and stop.received is None:
                 step_start = time.perf_counter()
