@@ -127,12 +127,27 @@ def test_accelerator_kwargs_plain_run_has_no_plugins():
 
 def test_accelerator_kwargs_for_zero2_carry_the_generated_json():
     kwargs = dist.accelerator_kwargs(
-        make_cfg(batch_size=2), "deepspeed_zero2", cuda=True, bf16=True
+        make_cfg(batch_size=2), "deepspeed_zero2", cuda=True, bf16=True, world_size=2
     )
     plugin = kwargs["deepspeed_plugin"]
     assert plugin.zero_stage == 2
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 2
     assert kwargs["mixed_precision"] == "bf16"
+
+
+def test_zero_without_offload_in_one_process_trains_without_deepspeed():
+    kwargs = dist.accelerator_kwargs(
+        make_cfg(), "deepspeed_zero2", cuda=True, bf16=True, world_size=1
+    )
+    assert "deepspeed_plugin" not in kwargs
+    assert kwargs["mixed_precision"] == "bf16"
+
+
+def test_zero_offload_in_one_process_keeps_deepspeed():
+    kwargs = dist.accelerator_kwargs(
+        make_cfg(), "zero2_offload", cuda=True, bf16=True, world_size=1
+    )
+    assert kwargs["deepspeed_plugin"].zero_stage == 2
 
 
 def test_accelerator_kwargs_for_fsdp2_use_fsdp_version_2():
@@ -143,6 +158,7 @@ def test_accelerator_kwargs_for_fsdp2_use_fsdp_version_2():
 
 def test_make_accelerator_without_deepspeed_installed_says_how(monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match=r"tunesmith\[deepspeed\]"):
         dist.make_accelerator(make_cfg(), deepspeed="zero2")
 

@@ -18,6 +18,7 @@ the loss by that count, so a loss already normalised by the step's token count
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tunesmith.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # XTuner's names (deepspeed_zero2, ...) and the short ones (zero2, ...): (ZeRO stage, offload)
 ZERO_PRESETS: dict[str, tuple[int, bool]] = {
@@ -131,9 +134,17 @@ def _read_json(path: Path) -> dict:
 
 
 def accelerator_kwargs(
-    cfg, deepspeed: str | None = None, cuda: bool | None = None, bf16: bool | None = None
+    cfg,
+    deepspeed: str | None = None,
+    cuda: bool | None = None,
+    bf16: bool | None = None,
+    world_size: int | None = None,
 ) -> dict:
-    """Keyword arguments for `accelerate.Accelerator` (plugins included)."""
+    """Keyword arguments for `accelerate.Accelerator` (plugins included).
+
+    A ZeRO preset without offload in a world of one process is dropped: ZeRO shards state
+    across processes, so alone it only adds copies (measured ~15% slower on one H200).
+    """
     precision = mixed_precision(cfg, cuda, bf16)
     kwargs: dict = {
         "mixed_precision": precision,
@@ -143,6 +154,14 @@ def accelerator_kwargs(
     if not strategy:
         return kwargs
     name = strategy_name(strategy)
+    world_size = _env_int(os.environ, "WORLD_SIZE", 1) if world_size is None else world_size
+    if world_size == 1 and name in ZERO_PRESETS and not ZERO_PRESETS[name][1]:
+        log.warning(
+            "--deepspeed %s: one process, nothing for ZeRO to shard; training without DeepSpeed "
+            "(zero2_offload / zero3_offload move optimizer state to CPU memory)",
+            strategy,
+        )
+        return kwargs
     if name == "fsdp2":
         from accelerate.utils import FullyShardedDataParallelPlugin
 
@@ -170,21 +189,22 @@ def make_accelerator(cfg, deepspeed: str | None = None):
     the model: it selects this process's GPU (`accelerator.device`).
     """
     strategy = deepspeed or cfg.train.deepspeed
-    if strategy and strategy_name(strategy) != "fsdp2":
+    kwargs = accelerator_kwargs(cfg, deepspeed)
+    if "deepspeed_plugin" in kwargs:
         try:
             import deepspeed as _  # noqa: F401
         except ImportError as err:
             raise UserError(
                 f"--deepspeed {strategy} needs DeepSpeed: pip install 'tunesmith[deepspeed]'"
             ) from err
-    if strategy:
-        # `tunesmith train CFG --deepspeed zero2` on one GPU, as in the XTuner tutorial:
+    if "deepspeed_plugin" in kwargs or "fsdp_plugin" in kwargs:
+        # `tunesmith train CFG --deepspeed zero2_offload` on one GPU, as in the XTuner tutorial:
         # DeepSpeed and FSDP want a process group even for one process
         for key, value in single_process_env(os.environ).items():
             os.environ.setdefault(key, value)
     from accelerate import Accelerator
 
-    return Accelerator(**accelerator_kwargs(cfg, deepspeed))
+    return Accelerator(**kwargs)
 
 
 def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
