@@ -239,3 +239,16 @@ def test_single_process_env_makes_a_world_of_one():
 
 def test_single_process_env_leaves_a_launched_process_alone():
     assert dist.single_process_env({"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"}) == {}
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero3", "zero3_offload", "fsdp2"])
+def test_weight_sharding_with_qlora_is_refused_with_advice(name):
+    cfg = Config.model_validate({"quantization": {"bits": 4}})
+    with pytest.raises(UserError, match="zero2"):
+        dist.accelerator_kwargs(cfg, name, cuda=True, bf16=True, world_size=2)
+
+
+def test_zero2_with_qlora_is_allowed():
+    cfg = Config.model_validate({"quantization": {"bits": 4}})
+    kwargs = dist.accelerator_kwargs(cfg, "deepspeed_zero2", cuda=True, bf16=True, world_size=2)
+    assert kwargs["deepspeed_plugin"].zero_stage == 2

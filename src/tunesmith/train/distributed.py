@@ -154,6 +154,7 @@ def accelerator_kwargs(
     if not strategy:
         return kwargs
     name = strategy_name(strategy)
+    _check_sharding(name, cfg)
     world_size = _env_int(os.environ, "WORLD_SIZE", 1) if world_size is None else world_size
     if world_size == 1 and name in ZERO_PRESETS and not ZERO_PRESETS[name][1]:
         log.warning(
@@ -180,6 +181,16 @@ def accelerator_kwargs(
         hf_ds_config=deepspeed_config(name, cfg, precision)
     )
     return kwargs
+
+
+def _check_sharding(name: str, cfg) -> None:
+    """4-bit weights are stored as packed bytes: ZeRO-3 and FSDP cannot shard them."""
+    shards_weights = name == "fsdp2" or ZERO_PRESETS.get(name, (0, False))[0] == 3
+    if shards_weights and cfg.quantization is not None:
+        raise UserError(
+            f"--deepspeed {name} shards the model weights, which 4-bit QLoRA weights do not allow: "
+            "use zero2 or zero2_offload for QLoRA, or set quantization: null to train LoRA with it"
+        )
 
 
 def make_accelerator(cfg, deepspeed: str | None = None):
