@@ -188,8 +188,9 @@ def _check_sharding(name: str, cfg) -> None:
     shards_weights = name == "fsdp2" or ZERO_PRESETS.get(name, (0, False))[0] == 3
     if shards_weights and cfg.quantization is not None:
         raise UserError(
-            f"--deepspeed {name} shards the model weights, which 4-bit QLoRA weights do not allow: "
-            "use zero2 or zero2_offload for QLoRA, or set quantization: null to train LoRA with it"
+            f"--deepspeed {name} shards the model weights, which 4-bit QLoRA weights (packed "
+            "bytes) do not allow: use zero2 or zero2_offload for QLoRA, or set "
+            "quantization: null to train LoRA with it"
         )
 
 
