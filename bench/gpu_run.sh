@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # The one device command: tunesmith's GPU benchmark beside the plain HF + PEFT baseline, same call,
-# same card. Run from the repo root with the carried folders .whl (bitsandbytes, liger-kernel,
-# deepspeed, pydantic + deps as Python 3.12 wheels) and .bench (a copy of
-# ../shared/bench/baseline_hf_peft.py):
+# same card. Run from the repo root with the carried (git-ignored) folders:
+#
+#   .whl    Python 3.12 wheels the GPU image lacks, made here with
+#             pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#               --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+#               --platform manylinux2014_x86_64 -d .whl bitsandbytes==0.50.2 liger-kernel \
+#               pydantic pydantic_core annotated-types typing-inspection hjson
+#             (cd /tmp && DS_BUILD_OPS=0 pip wheel --no-deps deepspeed -w /work/main/.whl)
+#   .bench  baseline_hf_peft.py (from ../shared/bench/), tok/ (tokenizer.json, tokenizer_config.json,
+#           chat_template.jinja of smollm2-135m-instruct, for the recipe runs), and for the
+#           xtuner case xtuner/ (../shared/bench/xtuner) and wheels/ (.whl less bitsandbytes and
+#           deepspeed), carried with .xt (XTuner's wheels, see ../shared/bench/xtuner/README.md)
 #
 #   bash bench/gpu_run.sh single     # 1 GPU: baseline qlora/lora, tunesmith qlora/lora, variants
 #   bash bench/gpu_run.sh multi      # 2 GPUs: tunesmith qlora on 1 GPU, then ZeRO-2 on 2
 #   bash bench/gpu_run.sh cli        # 2 GPUs: `tunesmith train ... --deepspeed deepspeed_zero2`
 #                                    #   on 1 GPU, then with NPROC_PER_NODE=2
-#   bash bench/gpu_run.sh xtuner     # baseline, tunesmith and XTuner 0.2.0 (carry .xt + .bench,
-#                                    #   .bench/xtuner = ../shared/bench/xtuner, .bench/wheels)
+#   bash bench/gpu_run.sh xtuner     # 1 GPU: baseline, tunesmith and XTuner 0.2.0 (carry .xt, .bench)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
