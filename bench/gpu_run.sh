@@ -99,6 +99,11 @@ EOF2
   done
   exit 0
   ;;
+lora)
+  # LoRA inputs kept in bf16 under autocast (default) vs peft's fp32 copy of them
+  run ts_lora 100 python3 bench/gpu_train.py lora
+  run ts_lora_peftcast 80 python3 bench/gpu_train.py lora --peft-cast
+  ;;
 *)
   shift
   run custom 580 "$@"

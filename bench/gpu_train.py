@@ -19,7 +19,7 @@ into the model dir) and reads tokens/s from its metrics.jsonl.
 
 Usage: python bench/gpu_train.py qlora|lora [--engine loop|recipe] [--seq 2048] [--bs 4]
        [--steps 8] [--no-ckpt] [--ckpt-layers N] [--attn auto|sdpa|flex_attention]
-       [--liger auto|on|off] [--deepspeed NAME] [--check-attn]
+       [--liger auto|on|off] [--deepspeed NAME] [--check-attn] [--peft-cast]
        python bench/gpu_train.py prepare     # the model dir, tokenizer and records, once
 """
 
@@ -232,6 +232,9 @@ def main() -> None:
     parser.add_argument("--deepspeed", default=None)
     parser.add_argument("--check-attn", action="store_true")
     parser.add_argument(
+        "--peft-cast", action="store_true", help="let peft copy LoRA inputs to fp32 (A/B check)"
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="a tiny model on the CPU: checks the script"
     )
     args = parser.parse_args()
@@ -309,6 +312,10 @@ def run_loop(args, cfg):
     model = load_model(cfg.model, cfg.quantization, device=str(accelerator.device))
     model = apply_lora(model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
     model = optimize_for_training(model, cfg)
+    if args.peft_cast:
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = True
     load_s = time.time() - start
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas)

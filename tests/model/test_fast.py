@@ -53,7 +53,12 @@ def test_plan_on_cuda_uses_liger_varlen_and_compute_dtype():
     plan = fast.plan_for(
         make_cfg(dtype="bf16"), "cuda", liger_available=True, varlen_available=True
     )
-    assert plan == fast.Plan(cast_frozen_to=torch.bfloat16, liger=True, attention=fast.VARLEN)
+    assert plan == fast.Plan(
+        cast_frozen_to=torch.bfloat16,
+        liger=True,
+        attention=fast.VARLEN,
+        lora_inputs_in_autocast=True,
+    )
 
 
 def test_plan_without_liger_installed_falls_back_to_plain_kernels():
@@ -183,3 +188,63 @@ def test_checkpoint_layers_leave_the_gradients_unchanged():
     torch.testing.assert_close(loss, expected_loss)
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def _bf16_lora_model():
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_llama().to(torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    peft_model.eval()
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # non-zero B, so the adapter changes the output
+            torch.nn.init.normal_(param, std=0.02)
+    return peft_model
+
+
+def _lora_a_input_dtypes(model, x) -> set:
+    seen = set()
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args: seen.add(args[0].dtype))
+        for name, m in model.named_modules()
+        if name.endswith("lora_A.default")
+    ]
+    out = model(input_ids=x).logits
+    for hook in hooks:
+        hook.remove()
+    return seen, out
+
+
+def test_lora_inputs_stay_bf16_under_autocast_with_the_same_output():
+    model = _bf16_lora_model()
+    x = torch.randint(0, 128, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before_dtypes, before = _lora_a_input_dtypes(model, x)
+
+    assert fast.keep_lora_inputs_under_autocast(model) == 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after_dtypes, after = _lora_a_input_dtypes(model, x)
+
+    assert before_dtypes == {torch.float32}
+    assert after_dtypes == {torch.bfloat16}
+    torch.testing.assert_close(after, before)
+
+
+def test_lora_inputs_are_still_cast_outside_autocast():
+    model = _bf16_lora_model()
+    x = torch.randint(0, 128, (2, 8))
+    _, before = _lora_a_input_dtypes(model, x)
+
+    fast.keep_lora_inputs_under_autocast(model)
+    dtypes, after = _lora_a_input_dtypes(model, x)
+
+    assert dtypes == {torch.float32}  # the adapter weights' dtype: no dtype mismatch in eval
+    assert torch.equal(after, before)
+
+
+def test_plan_keeps_lora_inputs_in_autocast_only_for_lora_with_mixed_precision():
+    assert fast.plan_for(make_cfg(), "cuda", True, True).lora_inputs_in_autocast is True
+    no_amp = Config.model_validate({"train": {"mixed_precision": "no"}})
+    assert fast.plan_for(no_amp, "cuda", True, True).lora_inputs_in_autocast is False
+    dora = Config.model_validate({"lora": {"use_dora": True}})
+    assert fast.plan_for(dora, "cuda", True, True).lora_inputs_in_autocast is False

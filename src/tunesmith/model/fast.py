@@ -10,7 +10,8 @@ after LoRA is applied). On a CPU it changes nothing but `train.checkpoint_layers
   `model.use_liger` allows;
 - for packed batches, switches attention to PyTorch's varlen flash attention
   (`torch.nn.attention.varlen`), one kernel call over all documents of the batch, with
-  document boundaries taken from position_ids; SDPA with a per-document mask otherwise.
+  document boundaries taken from position_ids; SDPA with a per-document mask otherwise;
+- keeps LoRA layer inputs in bf16 under autocast (peft would copy them to fp32 first).
 
 Gradient checkpointing is the recipe's choice (`train.gradient_checkpointing`); with
 `train.checkpoint_layers: N` only the first N decoder layers stay checkpointed, on any device
@@ -38,6 +39,7 @@ class Plan:
     cast_frozen_to: torch.dtype | None = None
     liger: bool = False
     attention: str | None = None  # a new attn_implementation, None keeps the loaded one
+    lora_inputs_in_autocast: bool = False  # no fp32 copy of LoRA inputs under autocast
 
 
 def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: bool) -> Plan:
@@ -57,6 +59,9 @@ def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: boo
         cast_frozen_to=dtype if dtype != torch.float32 else None,
         liger=bool(use_liger) and liger_available,
         attention=attention,
+        lora_inputs_in_autocast=(
+            cfg.lora is not None and not cfg.lora.use_dora and cfg.train.mixed_precision != "no"
+        ),
     )
 
 
@@ -74,6 +79,8 @@ def optimize_for_training(model: nn.Module, cfg) -> nn.Module:
     if plan.attention is not None:
         register_varlen_attention()
         base.set_attn_implementation(plan.attention)
+    if plan.lora_inputs_in_autocast:
+        keep_lora_inputs_under_autocast(model)
     log.info("training optimisations: %s", plan)
     return model
 
@@ -98,6 +105,33 @@ def limit_checkpointing(model: nn.Module, layers: int) -> int:
             block.gradient_checkpointing = False
         kept += bool(block.gradient_checkpointing)
     return kept
+
+
+class _OutsideAutocast:
+    """Truthy only while no autocast region is active."""
+
+    def __bool__(self) -> bool:
+        return not (torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"))
+
+
+def keep_lora_inputs_under_autocast(model: nn.Module) -> int:
+    """Stop peft from copying each LoRA layer's input to fp32 (its adapter dtype) under autocast.
+
+    peft's plain LoRA layers cast the input to the adapter weights' dtype before dropout and
+    lora_A, an fp32 copy of every projection's input; autocast then casts it back to bf16 for
+    the matmul. peft's bitsandbytes LoRA layers skip that cast while autocast is on; this gives
+    plain layers the same rule (outside autocast, e.g. sampling in eval, they still cast).
+    Returns the number of LoRA layers changed.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            # peft reads this flag as `if not flag: skip the cast`
+            module.cast_input_dtype_enabled = _OutsideAutocast()
+            changed += 1
+    return changed
 
 
 def cast_frozen_float32(model: nn.Module, dtype: torch.dtype) -> int:
