@@ -141,3 +141,16 @@ def test_four_bit_loading_generates(tiny_model_dir):
     stats = GenerationStats()
     text = "".join(engine.stream(MESSAGES, stats=stats, **GREEDY))
     assert stats.completion_tokens > 0 and isinstance(text, str)
+
+
+def test_cancel_criterion_answers_on_the_inputs_device():
+    """generate() ORs it with its own flags on the model's device (a CPU answer broke CUDA)."""
+    import threading
+
+    from tunesmith.infer.engine import _Cancelled
+
+    event = threading.Event()
+    ids = torch.zeros((2, 3), dtype=torch.long, device="meta")
+    assert _Cancelled(event)(ids, None).device.type == "meta"
+    event.set()
+    assert _Cancelled(event)(torch.zeros((2, 3), dtype=torch.long), None).tolist() == [True, True]

@@ -73,7 +73,8 @@ class _Cancelled(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        flag = self.event.is_set()
+        return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
 
 
 class Engine:
