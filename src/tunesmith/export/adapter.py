@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
@@ -142,7 +143,7 @@ def _export_model(src: Path, out_dir: Path, fp32: bool, max_bytes: int) -> list[
         raise UserError(f"{src} holds no config.json and safetensors: not a full checkpoint")
     writer = ShardWriter(out_dir, max_bytes)
     dtype = None
-    for name, tensor in iter_tensors(weight_files(src)):
+    for name, tensor in tqdm(iter_tensors(weight_files(src)), desc="writing", unit="tensor"):
         if tensor.is_floating_point():
             dtype = dtype or _half(tensor.dtype, fp32)
             tensor = tensor.to(dtype)
