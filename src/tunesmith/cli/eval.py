@@ -57,7 +57,7 @@ def default_old_names(model: str) -> list[str]:
     return list(EMBEDDED[model].identity) if model in EMBEDDED else []
 
 
-def _split(names: str | None) -> list[str] | None:
+def split_names(names: str | None) -> list[str] | None:
     if names is None:
         return None
     return [n.strip() for n in names.split(",") if n.strip()]
@@ -77,7 +77,7 @@ def run_identity(args) -> int:
     _check_identity(args.name, args.author)
     fit_threads_to_load()
     questions = load_questions(args.questions)
-    old = _split(args.old_names)
+    old = split_names(args.old_names)
     old = default_old_names(args.model) if old is None else old
     lm = load_for_eval(args.model, args.adapter, device=args.device)
     report = evaluate_identity(

@@ -36,6 +36,12 @@ def register(subparsers) -> None:
         "developed by AUTHOR.')",
     )
     parser.add_argument(
+        "--old-names",
+        default=None,
+        help="comma-separated names the model must stop claiming (default for embedded models: "
+        "their own, e.g. SmolLM,Hugging Face)",
+    )
+    parser.add_argument(
         "--questions", default=None, help="identity eval questions, JSON (default: the shipped set)"
     )
     parser.add_argument(
@@ -54,6 +60,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from tunesmith.cli.eval import split_names
     from tunesmith.model.embedded import DEFAULT_MODEL
     from tunesmith.workflow.identity import IdentityRun, IdentityWorkflow, check_text
 
@@ -73,6 +80,7 @@ def run(args) -> int:
         system=args.system,
         questions=args.questions,
         prompts=args.prompts,
+        old_names=None if args.old_names is None else tuple(split_names(args.old_names)),
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     work_dir = args.work_dir or f"work_dirs/identity-{safe}"

@@ -44,6 +44,7 @@ class IdentityRun:
     system: str | None = None
     questions: str | None = None  # identity eval questions (default: the shipped set)
     prompts: str | None = None  # retention eval prompts (default: the shipped set)
+    old_names: tuple[str, ...] | None = None  # default: the embedded model's own names
 
     @property
     def system_prompt(self) -> str:
@@ -165,7 +166,8 @@ class IdentityWorkflow:
         load_prompts(run.prompts)
         self.cfg = build_config(run, self.work_dir)
         check_chat_model(self.cfg)
-        self.old_names = default_old_names(run.model)
+        names = run.old_names
+        self.old_names = default_old_names(run.model) if names is None else list(names)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.manifest is None:
             self.manifest = Manifest(self._run_record())
@@ -174,6 +176,8 @@ class IdentityWorkflow:
     def _run_record(self) -> dict:
         record = asdict(self.run)
         record["langs"], record["overrides"] = list(self.run.langs), list(self.run.overrides)
+        if self.run.old_names is not None:
+            record["old_names"] = list(self.run.old_names)
         return record
 
     def _check_work_dir(self) -> None:
