@@ -154,3 +154,25 @@ def test_cancel_criterion_answers_on_the_inputs_device():
     assert _Cancelled(event)(ids, None).device.type == "meta"
     event.set()
     assert _Cancelled(event)(torch.zeros((2, 3), dtype=torch.long), None).tolist() == [True, True]
+
+
+def test_one_token_stop_word_stops_generation_at_that_token(tiny_engine):
+    tokenizer = tiny_engine.tokenizer
+    prompt = tokenizer(tiny_engine.prompt(MESSAGES), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ids = tiny_engine.model.generate(**prompt, max_new_tokens=20, do_sample=False)
+    new = ids[0, prompt["input_ids"].shape[1] :].tolist()
+    k = next(
+        i
+        for i in range(3, len(new))
+        if tokenizer.decode([new[i]]).strip()
+        and tokenizer.decode([new[i]]) not in tokenizer.decode(new[:i])
+    )
+    word = tokenizer.decode([new[k]])
+    stats = GenerationStats()
+    text = "".join(
+        tiny_engine.stream(MESSAGES, stats=stats, temperature=0, max_new_tokens=20, stop=[word])
+    )
+    assert text == tokenizer.decode(new[:k])
+    assert stats.completion_tokens == k + 1  # generation itself stopped there
+    assert stats.finish_reason == "stop"

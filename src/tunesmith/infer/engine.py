@@ -214,9 +214,10 @@ class Engine:
                 top_p=params.top_p,
                 top_k=params.top_k,
             )
-        multi_token_stops = [w for w in stop_words if self._single_token_id(w) is None]
-        if multi_token_stops:
-            kwargs.update(stop_strings=multi_token_stops, tokenizer=self.tokenizer)
+        # EOS ids already stop generation; every other stop word stops it through stop_strings.
+        others = [w for w in stop_words if self._single_token_id(w) not in self.eos_token_ids]
+        if others:
+            kwargs.update(stop_strings=others, tokenizer=self.tokenizer)
         return kwargs
 
     def _single_token_id(self, word: str) -> int | None:
