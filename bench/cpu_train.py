@@ -1,6 +1,6 @@
 """CPU training speed: tunesmith (packed rows) against a plain transformers + peft loop (padded).
 
-    python bench/cpu_train.py [--samples 160] [--batch-size 8] [--max-length 512] [--threads 2]
+    python bench/cpu_train.py [--samples 96] [--batch-size 8] [--max-length 512] [--threads 2]
 
 Both train `smollm2-135m-instruct` (the embedded model, fp32) with the same LoRA (r 16,
 alpha 32, all decoder linears, no dropout) and AdamW, on the same identity-style samples
@@ -143,7 +143,7 @@ def _rate(name, step_times, step_tokens, losses, samples) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=160)
+    parser.add_argument("--samples", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8, help="baseline samples per step")
     parser.add_argument("--max-length", type=int, default=512, help="tunesmith packed row length")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))

@@ -208,3 +208,9 @@ def test_gradient_checkpointing_keeps_the_losses(method, tiny_config, run_traini
     modules = recipe.accelerator.unwrap_model(recipe.model).modules()
     assert any(getattr(m, "gradient_checkpointing", False) is True for m in modules)
     assert with_ckpt.losses == pytest.approx(without.losses, abs=1e-5)
+
+
+def test_quantization_without_lora_is_a_user_error(tiny_config, run_training, tmp_path):
+    cfg = tiny_config(lora=None, quantization={"bits": 4})
+    with pytest.raises(UserError, match="add a lora part"):
+        run_training(cfg, tmp_path / "run")

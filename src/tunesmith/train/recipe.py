@@ -167,6 +167,11 @@ class TrainRecipe:
         cfg = self.cfg
         model_cfg = cfg.model
         dtype = None
+        if cfg.lora is None and cfg.quantization is not None:
+            raise UserError(
+                "quantization is set but lora is null: 4/8-bit weights cannot be fully "
+                "fine-tuned; add a lora part (QLoRA) or set quantization: null"
+            )
         if cfg.method == "full":
             if self.resume_from is not None:
                 model_cfg = model_cfg.model_copy(update={"path": str(self.resume_from / "model")})
@@ -175,7 +180,7 @@ class TrainRecipe:
         model = load_model(
             model_cfg,
             quantization=cfg.quantization,
-            device=self.accelerator.device.type,
+            device=str(self.accelerator.device),  # this process's GPU under torchrun
             dtype=dtype,
         )
         if cfg.lora is not None:
