@@ -172,3 +172,24 @@ def test_a_byte_order_mark_is_ignored(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ALPACA[0]).encode() + b"\n")
     (conv,) = load_conversations(path)
     assert conv.turns[0].content == ALPACA[0]["instruction"]
+
+
+def test_json_list_errors_name_the_line(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c"}\n]\n')
+    with pytest.raises(UserError, match=r"list\.json:3: missing 'output'"):
+        load_conversations(path)
+
+
+def test_json_list_missing_comma_is_a_user_error(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text('[{"instruction": "a", "output": "b"}\n {"instruction": "c", "output": "d"}]')
+    with pytest.raises(UserError, match=r"list\.json:2: expected ',' or '\]'"):
+        load_conversations(path)
+
+
+def test_json_file_with_one_record_object(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(MULTI_TURN, indent=2))
+    (conv,) = load_conversations(path)
+    assert conv.system == "You are Tuney."

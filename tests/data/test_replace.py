@@ -30,9 +30,9 @@ def test_jsonl_replace_writes_every_record(tmp_path):
 
 
 def test_json_list_replace_streams_items(tmp_path, monkeypatch):
-    from tunesmith.data import replace as replace_module
+    from tunesmith.data import jsonio
 
-    monkeypatch.setattr(replace_module, "_CHUNK", 7)  # items straddle many chunk boundaries
+    monkeypatch.setattr(jsonio, "CHUNK", 7)  # items straddle many chunk boundaries
     records = [{"instruction": "q {{x}}", "output": "a\n{{x}}", "n": i} for i in range(30)]
     (tmp_path / "in.json").write_text(json.dumps(records, indent=2))
     replace_file(tmp_path / "in.json", tmp_path / "out.json", "{{x}}", "Y", progress=False)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.data.jsonio import iter_json_list, iter_jsonl
 from tunesmith.errors import UserError, where
 
 FORMATS = ("conversation", "messages", "alpaca", "sharegpt")
@@ -82,43 +83,24 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    seen = False
     with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"{where(path, line_no)}: not valid JSON ({exc.msg}); fix or delete this line"
-                ) from None
-            if not isinstance(record, dict):
-                raise UserError(f"{where(path, line_no)}: a record must be a JSON object")
-            seen = True
-            yield where(path, line_no), record
-    if not seen:
-        raise UserError(f"{path}: the file is empty; add records or remove it from data.files")
+        yield from _records(iter_jsonl(f, path), path)
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, dict]]:
-    text = path.read_text(encoding="utf-8-sig")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{where(path, exc.lineno)}: not valid JSON ({exc.msg}, column {exc.colno})"
-        ) from None
-    if isinstance(data, dict):  # a single record
-        data = [data]
-    if not isinstance(data, list):
-        raise UserError(f"{path}: a .json data file must hold a list of records")
-    if not data:
-        raise UserError(f"{path}: the file is empty; add records or remove it from data.files")
-    for i, record in enumerate(data, 1):
+    with open(path, encoding="utf-8-sig") as f:
+        yield from _records(iter_json_list(f, path), path)
+
+
+def _records(values, path: Path) -> Iterator[tuple[str, dict]]:
+    seen = False
+    for line_no, record in values:
         if not isinstance(record, dict):
-            raise UserError(f"{path} record {i}: a record must be a JSON object")
-        yield f"{path} record {i}", record
+            raise UserError(f"{where(path, line_no)}: a record must be a JSON object")
+        seen = True
+        yield where(path, line_no), record
+    if not seen:
+        raise UserError(f"{path}: the file is empty; add records or remove it from data.files")
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from tunesmith.errors import UserError, where
-
-_CHUNK = 1 << 16
+from tunesmith.data.jsonio import iter_json_list, iter_jsonl
+from tunesmith.errors import UserError
 
 
 def replace_in_value(value, old: str, new: str) -> tuple[object, int]:
@@ -67,7 +65,8 @@ def replace_file(
                 desc=src.name,
             ) as bar,
         ):
-            records = _jsonl(f, src, bar) if suffix == ".jsonl" else _json_list(f, src, bar)
+            read = iter_jsonl if suffix == ".jsonl" else iter_json_list
+            records = (record for _, record in read(f, src, bar.update))
             if suffix == ".json":
                 out.write("[\n")
             for record in records:
@@ -81,73 +80,10 @@ def replace_file(
             if suffix == ".json":
                 out.write("\n]\n")
         os.replace(tmp_name, dst)
+    except UserError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise UserError(f"{exc} ({dst} was not written)") from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return counts
-
-
-def _jsonl(f, path: Path, bar) -> Iterator[object]:
-    for line_no, line in enumerate(f, 1):
-        bar.update(len(line.encode("utf-8")))
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{where(path, line_no)}: not valid JSON ({exc.msg}); fix the line and run again "
-                "(the output file was not written)"
-            ) from None
-
-
-def _json_list(f, path: Path, bar) -> Iterator[object]:
-    """The items of a JSON list, read a chunk at a time (one item in memory at once)."""
-    decoder = json.JSONDecoder()
-    buf, pos, line, eof = "", 0, 1, False
-
-    def fill() -> bool:
-        nonlocal buf, pos, line, eof
-        chunk = f.read(_CHUNK)
-        bar.update(len(chunk.encode("utf-8")))
-        line += buf.count("\n", 0, pos)
-        buf, pos = buf[pos:] + chunk, 0
-        eof = not chunk
-        return bool(chunk)
-
-    def skip(chars: str) -> str:
-        nonlocal pos
-        while True:
-            while pos < len(buf) and buf[pos] in chars:
-                pos += 1
-            if pos < len(buf) or not fill():
-                return buf[pos] if pos < len(buf) else ""
-
-    def fail(msg: str):
-        raise UserError(
-            f"{where(path, line + buf.count(chr(10), 0, pos))}: {msg} (the output file was not written)"
-        )
-
-    if skip(" \t\r\n") != "[":
-        fail("a .json data file must hold a list of records")
-    pos += 1
-    first = True
-    while True:
-        c = skip(" \t\r\n")
-        if c == "]":
-            return
-        if not first:
-            if c != ",":
-                fail("expected ',' or ']' between records")
-            pos += 1
-            skip(" \t\r\n")
-        first = False
-        while True:
-            try:
-                item, end = decoder.raw_decode(buf, pos)
-                break
-            except json.JSONDecodeError as exc:
-                if eof or not fill():
-                    fail(f"not valid JSON ({exc.msg})")
-        pos = end
-        yield item

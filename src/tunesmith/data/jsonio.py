@@ -1,0 +1,94 @@
+"""Streaming readers for .jsonl files and .json lists; errors name the line.
+
+Both read one record at a time (a .json list a chunk at a time), so a file of
+any size is read in constant memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from tunesmith.errors import UserError, where
+
+CHUNK = 1 << 16  # characters read at a time from a .json list
+
+
+def iter_jsonl(
+    f: TextIO, path: Path, on_read: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, object]]:
+    """(line number, value) for every non-blank line; `on_read(bytes)` reports progress."""
+    for line_no, line in enumerate(f, 1):
+        if on_read:
+            on_read(len(line.encode("utf-8")))
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{where(path, line_no)}: not valid JSON ({exc.msg}); fix or delete this line"
+            ) from None
+
+
+def iter_json_list(
+    f: TextIO, path: Path, on_read: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, object]]:
+    """(line number, item) for the items of a JSON list (or a single top-level object)."""
+    decoder = json.JSONDecoder()
+    buf, pos, line, eof = "", 0, 1, False
+
+    def fill() -> bool:
+        nonlocal buf, pos, line, eof
+        chunk = f.read(CHUNK)
+        if on_read:
+            on_read(len(chunk.encode("utf-8")))
+        line += buf.count("\n", 0, pos)
+        buf, pos = buf[pos:] + chunk, 0
+        eof = not chunk
+        return bool(chunk)
+
+    def peek() -> str:
+        """The next non-blank character ("" at the end), without consuming it."""
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf) or not fill():
+                return buf[pos] if pos < len(buf) else ""
+
+    def here() -> int:
+        return line + buf.count("\n", 0, pos)
+
+    def decode():
+        nonlocal pos
+        while True:
+            try:
+                item, pos = decoder.raw_decode(buf, pos)
+                return item
+            except json.JSONDecodeError as exc:
+                if eof or not fill():
+                    raise UserError(
+                        f"{where(path, here())}: not valid JSON ({exc.msg}); fix this record"
+                    ) from None
+
+    first = peek()
+    if first == "{":  # a file holding one record
+        yield here(), decode()
+        return
+    if first != "[":
+        raise UserError(f"{where(path, here())}: a .json data file must hold a list of records")
+    pos += 1
+    if peek() == "]":
+        return
+    while True:
+        yield here(), decode()
+        c = peek()
+        if c == "]":
+            return
+        if c != ",":
+            raise UserError(f"{where(path, here())}: expected ',' or ']' after a record")
+        pos += 1
+        peek()  # to the next record (raw_decode does not skip blanks)
