@@ -7,7 +7,8 @@ from tunesmith.data.templates import TEMPLATE_NAMES, get_template
 from tunesmith.errors import UserError
 
 # Reference chat templates, as published in each family's tokenizer_config.json
-# (Qwen2.5-Instruct without its tool-calling branch; Meta-Llama-3-Instruct; InternLM2/2.5-chat).
+# (Qwen2.5-Instruct without its tool-calling branch; Meta-Llama-3-Instruct; InternLM2/2.5-chat;
+# zephyr-7b-beta).
 QWEN2_5 = (
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
@@ -53,20 +54,33 @@ MULTI_TURN = Conversation(
     ]
 )
 
-# name -> (reference template, its bos_token, the family's implicit system prompt)
+ZEPHYR = (
+    "{% for message in messages %}\n"
+    "{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n"
+    "{% endfor %}"
+)
+
+# name -> (reference template, its special tokens, the family's implicit system prompt)
 FAMILIES = {
-    "chatml": (None, None, SMOLLM_DEFAULT_SYSTEM),  # None: the SmolLM2 tokenizer's own template
-    "qwen_chat": (QWEN2_5, None, QWEN_DEFAULT_SYSTEM),
-    "llama3_chat": (LLAMA3, "<|begin_of_text|>", None),
-    "internlm2_chat": (INTERNLM2, "<s>", None),
+    "chatml": (None, {}, SMOLLM_DEFAULT_SYSTEM),  # None: the SmolLM2 tokenizer's own template
+    "qwen_chat": (QWEN2_5, {}, QWEN_DEFAULT_SYSTEM),
+    "llama3_chat": (LLAMA3, {"bos_token": "<|begin_of_text|>"}, None),
+    "internlm2_chat": (INTERNLM2, {"bos_token": "<s>"}, None),
+    "zephyr": (ZEPHYR, {"eos_token": "</s>"}, None),
 }
 
 
 def reference(tokenizer, name, messages, generation=False):
-    template, bos, _ = FAMILIES[name]
-    kwargs = {"bos_token": bos} if bos else {}
+    template, special, _ = FAMILIES[name]
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation, chat_template=template, **kwargs
+        messages,
+        tokenize=False,
+        add_generation_prompt=generation,
+        chat_template=template,
+        **special,
     )
 
 
