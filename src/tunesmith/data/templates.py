@@ -216,7 +216,9 @@ class AutoTemplate(ChatTemplate):
             )
         self.tokenizer = tokenizer
         self.source = tokenizer.chat_template
-        self._render = _compile(tokenizer)
+        if isinstance(self.source, dict):  # several named templates: training uses the default
+            self.source = self.source.get("default") or next(iter(self.source.values()))
+        self._render = _compile(tokenizer, self.source)
         self._skeletons: dict[tuple, list | None] = {}
         probe = self.render(
             Conversation([Turn("user", "x"), Turn("assistant", "y", True)], source="probe")
@@ -363,15 +365,15 @@ def _fill(parts: list[str | int], contents: list[str]) -> str:
     return "".join(contents[p] if isinstance(p, int) else p for p in parts)
 
 
-def _compile(tokenizer):
-    """A fast render(messages, add_generation_prompt) for the tokenizer's chat template."""
+def _compile(tokenizer, source: str):
+    """A fast render(messages, add_generation_prompt) for the chat template `source`."""
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
-        compiled = _compile_jinja_template(tokenizer.chat_template)
+        compiled = _compile_jinja_template(source)
     except ImportError:  # a transformers without the helper: go through the public API
         return lambda messages, gen: tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=gen
+            messages, tokenize=False, add_generation_prompt=gen, chat_template=source
         )
     special = dict(tokenizer.special_tokens_map)
 
