@@ -167,3 +167,13 @@ def test_auto_with_a_trimming_template_masks_correctly(smollm_tokenizer):
 def test_unknown_template_is_a_user_error(smollm_tokenizer):
     with pytest.raises(UserError, match="unknown template 'chatgpt'.*chatml"):
         get_template("chatgpt", smollm_tokenizer)
+
+
+def test_auto_with_a_broken_chat_template_is_a_user_error(smollm_tokenizer):
+    saved = smollm_tokenizer.chat_template
+    smollm_tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }"
+    try:
+        with pytest.raises(UserError, match="does not parse"):
+            get_template("auto", smollm_tokenizer)
+    finally:
+        smollm_tokenizer.chat_template = saved

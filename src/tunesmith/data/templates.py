@@ -218,7 +218,13 @@ class AutoTemplate(ChatTemplate):
         self.source = tokenizer.chat_template
         if isinstance(self.source, dict):  # several named templates: training uses the default
             self.source = self.source.get("default") or next(iter(self.source.values()))
-        self._render = _compile(tokenizer, self.source)
+        try:
+            self._render = _compile(tokenizer, self.source)
+        except Exception as exc:  # jinja2.TemplateSyntaxError and friends
+            raise UserError(
+                f"the tokenizer's chat_template does not parse ({exc}); "
+                f"set data.template to one of {', '.join(TEMPLATE_NAMES[1:])}"
+            ) from None
         self._skeletons: dict[tuple, list | None] = {}
         probe = self.render(
             Conversation([Turn("user", "x"), Turn("assistant", "y", True)], source="probe")
