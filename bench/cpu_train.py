@@ -8,8 +8,9 @@ alpha 32, all decoder linears, no dropout) and AdamW, on the same identity-style
 of them. tunesmith packs them into rows of `--max-length` tokens; the baseline is the loop
 written the obvious way: chat template, tokenizer padding per batch of `--batch-size`,
 labels = input_ids with padding masked. Throughput counts real (non-pad) tokens only and
-leaves out the first step of each (warm-up). Besides wall-clock tokens/s it prints tokens
-per CPU-second of this process, which stays comparable on a box shared with other jobs.
+leaves out the first step of each (warm-up). tunesmith's side is its recipe: `setup()`, then
+the loop body `_train_step` step by step. The two run step by step in turn, so a busy
+shared machine slows both alike; tokens per CPU-second of this process are printed too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -36,7 +38,8 @@ def make_samples(n: int) -> list[dict]:
     return records[:n]
 
 
-def run_tunesmith(samples: list[dict], args, work: Path) -> dict:
+def tunesmith_steps(samples: list[dict], args, work: Path) -> Iterator[tuple[int, float]]:
+    """tunesmith's recipe (packed rows): yields (real tokens, loss) per optimizer step."""
     from tunesmith.config.schema import Config
     from tunesmith.data.identity import write_jsonl
     from tunesmith.train.recipe import TrainRecipe
@@ -51,31 +54,24 @@ def run_tunesmith(samples: list[dict], args, work: Path) -> dict:
                 "files": [str(data)],
                 "max_length": args.max_length,
                 "pack_to_max_length": True,
+                "shuffle": False,
                 "cache_dir": str(work / "cache"),
             },
             "train": {"batch_size": 1, "max_epochs": 1, "lr": 2e-4, "warmup_ratio": 0.0},
-            "runtime": {"save_steps": 10**6, "tensorboard": False, "evaluation_freq": 10**6},
+            "runtime": {"tensorboard": False},
         }
     )
     recipe = TrainRecipe(cfg, work / "run")
     recipe.setup()
-    step_times, step_tokens = [], []
-    train_step = recipe._train_step
-
-    def timed(micro_batches):
-        start = _clocks()
-        stats = train_step(micro_batches)
-        step_times.append(_since(start))
-        step_tokens.append(stats.tokens)
-        return stats
-
-    recipe._train_step = timed
-    result = recipe.train()
-    return _rate("tunesmith (packed)", step_times, step_tokens, result.losses, len(samples))
+    # the loop body of TrainRecipe.train, one optimizer step at a time
+    batches = recipe._micro_batches(start=0)
+    for _ in range(recipe.total_steps):
+        stats = recipe._train_step([next(batches)])
+        yield stats.tokens, stats.loss
 
 
-def run_plain(samples: list[dict], args) -> dict:
-    """The baseline: how a transformers + peft training loop is usually written."""
+def plain_steps(samples: list[dict], args) -> Iterator[tuple[int, float]]:
+    """The baseline, as a transformers + peft loop is usually written: padded batches."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,9 +95,7 @@ def run_plain(samples: list[dict], args) -> dict:
         for s in samples
     ]
     model.train()
-    step_times, step_tokens, losses = [], [], []
     for i in range(0, len(texts), args.batch_size):
-        start = _clocks()
         batch = tokenizer(texts[i : i + args.batch_size], return_tensors="pt", padding=True,
                           truncation=True, max_length=args.max_length)  # fmt: skip
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -109,10 +103,23 @@ def run_plain(samples: list[dict], args) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        step_times.append(_since(start))
-        step_tokens.append(int(batch["attention_mask"].sum()))
-        losses.append(loss.item())
-    return _rate("transformers + peft (padded)", step_times, step_tokens, losses, len(samples))
+        yield int(batch["attention_mask"].sum()), loss.item()
+
+
+def run_alternating(runs: dict[str, Iterator]) -> dict[str, list]:
+    """One step of each run in turn, so a shared, busy machine slows them alike."""
+    timings = {name: [] for name in runs}
+    live = dict(runs)
+    while live:
+        for name, steps in list(live.items()):
+            start = _clocks()
+            try:
+                tokens, loss = next(steps)
+            except StopIteration:
+                del live[name]
+                continue
+            timings[name].append((*_since(start), tokens, loss))
+    return timings
 
 
 def _clocks() -> tuple[float, float]:
@@ -124,20 +131,20 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def _rate(name, step_times, step_tokens, losses, samples) -> dict:
+def _rate(name: str, steps: list, samples: int) -> dict:
     """Throughput over every step but the first (warm-up)."""
-    tokens = sum(step_tokens[1:])
-    wall = sum(t[0] for t in step_times[1:])
-    cpu = sum(t[1] for t in step_times[1:])
+    tokens = sum(t[2] for t in steps[1:])
+    wall = sum(t[0] for t in steps[1:])
+    cpu = sum(t[1] for t in steps[1:])
     return {
         "name": name,
-        "steps": len(step_times),
+        "steps": len(steps),
         "samples": samples,
-        "tokens": sum(step_tokens),
-        "seconds": sum(t[0] for t in step_times),
+        "tokens": sum(t[2] for t in steps),
+        "seconds": wall,
         "tokens_per_s": tokens / wall if wall else math.nan,
         "tokens_per_cpu_s": tokens / cpu if cpu else math.nan,
-        "final_loss": losses[-1],
+        "final_loss": steps[-1][3],
     }
 
 
@@ -152,12 +159,17 @@ def main() -> None:
     torch.manual_seed(0)
     samples = make_samples(args.samples)
     with tempfile.TemporaryDirectory() as tmp:
-        packed = run_tunesmith(samples, args, Path(tmp))
-    plain = run_plain(samples, args)
+        names = ("tunesmith (packed)", "transformers + peft (padded)")
+        steps = {
+            names[0]: tunesmith_steps(samples, args, Path(tmp)),
+            names[1]: plain_steps(samples, args),
+        }
+        timings = run_alternating(steps)
+    packed, plain = (_rate(name, timings[name], len(samples)) for name in names)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"load average {load}, torch {torch.__version__}")  # fmt: skip
-    print(f"{'run':30} {'steps':>5} {'samples':>7} {'tokens':>7} {'seconds':>8} "
+    print(f"{'run':30} {'steps':>5} {'samples':>7} {'tokens':>7} {'step s':>8} "
           f"{'tokens/s':>9} {'tokens/CPU-s':>12}")  # fmt: skip
     for r in (packed, plain):
         print(f"{r['name']:30} {r['steps']:>5} {r['samples']:>7} {r['tokens']:>7} "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from tunesmith.config.schema import Config
@@ -36,7 +37,8 @@ class TrainResult:
     step: int
     total_steps: int
     tokens: int
-    seconds: float
+    seconds: float  # the whole train() call, chat samples and saves included
+    step_seconds: float  # the optimizer steps alone
     losses: list[float] = field(default_factory=list)  # per optimizer step, from step 1
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
@@ -55,8 +57,9 @@ class TrainResult:
             "",
             f"training {'stopped' if self.stopped_by_signal else 'done'}: "
             f"step {self.step}/{self.total_steps}",
-            f"  tokens        {self.tokens:,} in {minutes}m{seconds:02d}s "
-            f"({self.tokens / max(self.seconds, 1e-9):,.0f} tokens/s)",
+            f"  time          {minutes}m{seconds:02d}s ({self.step_seconds:.0f} s in training steps)",
+            f"  tokens        {self.tokens:,} ({self.tokens / max(self.step_seconds, 1e-9):,.0f} "
+            f"tokens/s in training steps)",
             f"  final loss    {final}",
             f"  checkpoint    {self.last_checkpoint}",
             f"  best          {self.best_checkpoint} (lowest loss over its last 10 steps)",
@@ -220,7 +223,7 @@ class TrainRecipe:
         data = self._micro_batches(start=self.step * accum)
         if self.is_main:
             self.chat_samples(acc.unwrap_model(self.model), self.step)
-        tokens, start_time = 0, time.perf_counter()
+        tokens, step_seconds, start_time = 0, 0.0, time.perf_counter()
         progress = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -235,7 +238,9 @@ class TrainRecipe:
                 self.step += 1
                 self.losses.append(stats.loss)
                 tokens += stats.tokens
-                tokens_per_s = stats.tokens / max(time.perf_counter() - step_start, 1e-9)
+                elapsed = time.perf_counter() - step_start
+                step_seconds += elapsed
+                tokens_per_s = stats.tokens / max(elapsed, 1e-9)
                 progress.update(1)
                 progress.set_postfix(
                     loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
@@ -261,7 +266,8 @@ class TrainRecipe:
             self.save_checkpoint()
         if self.is_main and stop.received is None and self.step % cfg.runtime.evaluation_freq:
             self.chat_samples(acc.unwrap_model(self.model), self.step)
-        return self._finish(tokens, time.perf_counter() - start_time, stop.received)
+        seconds = time.perf_counter() - start_time
+        return self._finish(tokens, seconds, step_seconds, stop.received)
 
     def _train_step(self, micro_batches: list[tuple[dict, int]]) -> StepStats:
         """One optimizer step over the accumulated (batch, real tokens) micro-batches."""
@@ -393,14 +399,21 @@ class TrainRecipe:
         return self.accelerator.is_main_process
 
     def _check_work_dir(self) -> None:
-        """Refuse to overwrite a different run (or this run's checkpoints) without --resume."""
-        saved = self.work_dir / "config.yaml"
-        if self.resume_from is not None or not saved.is_file():
+        """Refuse to overwrite a different run (or this run's checkpoints) without --resume;
+        on resume, say which settings differ from the checkpoint's."""
+        if self.resume_from is not None:
+            changed = config_changes(self.resume_from / "config.yaml", self._config_yaml())
+            if changed and self.is_main:
+                print(f"resuming with changed settings: {', '.join(changed)}")
             return
-        if saved.read_text() != self._config_yaml():
+        saved = self.work_dir / "config.yaml"
+        if not saved.is_file():
+            return
+        changed = config_changes(saved, self._config_yaml())
+        if changed:
             raise UserError(
-                f"{self.work_dir} holds a run with a different config ({saved}): pass another "
-                f"--work-dir, or delete that directory to start over"
+                f"{self.work_dir} holds a run with a different config ({saved}; differs in "
+                f"{', '.join(changed[:5])}): pass another --work-dir, or delete it to start over"
             )
         if ckpt.checkpoint_dirs(self.work_dir):
             raise UserError(
@@ -420,13 +433,16 @@ class TrainRecipe:
             model, self.tokenizer, template=self.cfg.data.template, system=self.cfg.data.system
         )
 
-    def _finish(self, tokens: int, seconds: float, signum: int | None) -> TrainResult:
+    def _finish(
+        self, tokens: int, seconds: float, step_seconds: float, signum: int | None
+    ) -> TrainResult:
         result = TrainResult(
             work_dir=self.work_dir,
             step=self.step,
             total_steps=self.total_steps,
             tokens=tokens,
             seconds=seconds,
+            step_seconds=step_seconds,
             losses=list(self.losses),
             last_checkpoint=self.last_checkpoint,
             best_checkpoint=best_checkpoint(self.work_dir),
@@ -436,6 +452,25 @@ class TrainRecipe:
             self.metrics.close()
             plot_loss(self.work_dir / "metrics.jsonl", self.work_dir / "loss.png")
         return result
+
+
+def config_changes(saved: Path, current_yaml: str) -> list[str]:
+    """Dotted keys whose values differ between a saved config.yaml and the current one."""
+    if not saved.is_file():
+        return []
+    old = _flatten(yaml.safe_load(saved.read_text()) or {})
+    new = _flatten(yaml.safe_load(current_yaml) or {})
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def best_checkpoint(work_dir: Path) -> Path | None:
