@@ -30,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune chat LLMs into your own assistant.",
     )
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show full tracebacks for errors"
-    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -45,11 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse, letting `KEY=VALUE` overrides stand after options too (`train CFG --seed 1 lr=1e-4`).
+
+    argparse stops filling a positional list at the first option, so stray KEY=VALUE
+    tokens are collected here for commands that take overrides.
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [tok for tok in extra if "=" in tok and not tok.startswith("-")]
+    if stray and hasattr(args, "overrides"):
+        args.overrides = list(args.overrides or []) + stray
+        extra = [tok for tok in extra if tok not in stray]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("TUNESMITH_DEBUG") == "1"
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
