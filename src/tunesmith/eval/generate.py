@@ -246,14 +246,15 @@ def answer_logprobs(
 
 
 def fit_threads_to_load() -> int:
-    """One torch thread when other processes already keep every core busy.
+    """One torch thread on a small CPU machine where other processes are already busy.
 
     Two OpenMP threads fighting other processes for two cores spin at every barrier:
     measured here, 16 greedy answers took 90 s with 2 threads and 11 s with 1 on a
-    busy 2-core machine. On an idle machine torch's default is kept."""
+    busy 2-core machine, and LoRA steps ran 8x slower. On an idle machine torch's
+    default is kept."""
     cores = os.cpu_count() or 1
     if torch.cuda.is_available() or cores > 4:
         return torch.get_num_threads()
-    if os.getloadavg()[0] >= cores:
+    if os.getloadavg()[0] >= cores / 2:
         torch.set_num_threads(1)
     return torch.get_num_threads()
