@@ -22,10 +22,11 @@ def test_loss_decreases_on_a_memorisable_dataset(tiny_config, run_training, tmp_
 
 
 def test_resume_reproduces_the_uninterrupted_losses(tiny_config, run_training, tmp_path):
-    # dropout on and shuffling across epochs: the RNG and data order must both be restored
+    # dropout, shuffling across epochs and accumulation: RNG, data order and the
+    # accumulation boundary must all be restored
     cfg = tiny_config(
         lora={"dropout": 0.1},
-        train={"max_steps": 6, "warmup_ratio": 0.2},
+        train={"max_steps": 6, "warmup_ratio": 0.2, "accumulative_counts": 2},
         runtime={"save_steps": 3, "save_total_limit": -1},
     )
     _, full = run_training(cfg, tmp_path / "full")
