@@ -130,3 +130,36 @@ def test_changed_weights_get_a_new_cache_key(tmp_path, tiny_model_dir):
     before = weights_key(copy)
     (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes() + b" ")
     assert weights_key(copy) != before
+
+
+def test_eval_identity_of_an_adapter_uses_the_adapter_tokenizer(tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tmp_path / "adapter"
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules=["q_proj", "v_proj"]),
+    )
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+    out = tmp_path / "identity.json"
+    code = main(
+        [
+            "eval",
+            "identity",
+            str(tiny_model_dir),
+            "--adapter",
+            str(adapter),
+            "--name",
+            "Ada",
+            "--author",
+            "Lab",
+            "--questions",
+            str(_questions(tmp_path)),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert json.loads(out.read_text())["adapter"] == str(adapter)

@@ -94,7 +94,14 @@ def load_for_eval(model: str, adapter: str | None = None, device: str = "auto") 
     tok_source = (
         adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else model
     )
-    tokenizer = load_tokenizer(tok_source)
+    if tok_source == adapter:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = load_tokenizer(tok_source)
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"{tok_source} has no chat template: it is not a chat model; "
