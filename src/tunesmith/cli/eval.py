@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from tunesmith.errors import UserError
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate identity and retention of a fine-tune")
@@ -63,26 +61,19 @@ def split_names(names: str | None) -> list[str] | None:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
-def _check_identity(name: str, author: str) -> None:
-    for key, value in (("--name", name), ("--author", author)):
-        if not value.strip():
-            raise UserError(f"{key} is empty; give the assistant's {key[2:]}")
-
-
 def run_identity(args) -> int:
+    from tunesmith.data.identity import check_text
     from tunesmith.eval.generate import fit_threads_to_load, load_for_eval
     from tunesmith.eval.identity import evaluate_identity, load_questions
     from tunesmith.eval.report import identity_text, write_json
 
-    _check_identity(args.name, args.author)
+    name, author = check_text("name", args.name), check_text("author", args.author)
     fit_threads_to_load()
     questions = load_questions(args.questions)
     old = split_names(args.old_names)
     old = default_old_names(args.model) if old is None else old
     lm = load_for_eval(args.model, args.adapter, device=args.device)
-    report = evaluate_identity(
-        lm, args.name.strip(), args.author.strip(), questions, old_names=old, system=args.system
-    )
+    report = evaluate_identity(lm, name, author, questions, old_names=old, system=args.system)
     report["model"], report["adapter"] = args.model, args.adapter
     print(identity_text(report))
     if args.json:

@@ -61,8 +61,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from tunesmith.cli.eval import split_names
+    from tunesmith.data.identity import check_text
     from tunesmith.model.embedded import DEFAULT_MODEL
-    from tunesmith.workflow.identity import IdentityRun, IdentityWorkflow, check_text
+    from tunesmith.workflow.identity import IdentityRun, IdentityWorkflow
 
     name = check_text("name", args.name)
     model = args.model or DEFAULT_MODEL

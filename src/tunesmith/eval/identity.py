@@ -33,16 +33,21 @@ def default_questions_path() -> Path:
     return Path(str(resources.files("tunesmith.eval") / "assets" / "identity_questions.json"))
 
 
+def read_json(path: Path, what: str):
+    """A JSON eval file; a missing or malformed one is a UserError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: no such {what} file") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where(path, err.lineno)}: not valid JSON ({err.msg})") from err
+
+
 def load_questions(path: str | Path | None = None) -> list[IdentityQuestion]:
     """The shipped held-out questions, or a JSON file of the same shape
     (`{"questions": [{"lang", "question", "asks"}]}` or a bare list)."""
     path = Path(path) if path else default_questions_path()
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: no such questions file") from err
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where(path, err.lineno)}: not valid JSON ({err.msg})") from err
+    doc = read_json(path, "questions")
     items = doc.get("questions") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not items:
         raise UserError(f"{path}: expected a non-empty list under 'questions'")

@@ -12,13 +12,12 @@ Three measures, each comparing the tuned model with its base:
 
 from __future__ import annotations
 
-import json
 import math
 from importlib import resources
 from pathlib import Path
 
-from tunesmith.errors import UserError, where
-from tunesmith.eval.identity import mentions
+from tunesmith.errors import UserError
+from tunesmith.eval.identity import mentions, read_json
 
 MAX_NEW_TOKENS = {"facts": 32, "general": 64}
 
@@ -30,12 +29,7 @@ def default_prompts_path() -> Path:
 def load_prompts(path: str | Path | None = None) -> dict:
     """{"facts": [{"prompt", "answers": [keyword, ...]}], "general": [prompt, ...]}"""
     path = Path(path) if path else default_prompts_path()
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: no such prompts file") from err
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where(path, err.lineno)}: not valid JSON ({err.msg})") from err
+    doc = read_json(path, "prompts")
     facts, general = doc.get("facts"), doc.get("general")
     if not isinstance(facts, list) or not isinstance(general, list) or not facts or not general:
         raise UserError(f"{path}: needs non-empty lists 'facts' and 'general'")

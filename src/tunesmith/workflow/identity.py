@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunesmith.config.schema import Config, DataFile
+from tunesmith.data.identity import check_text
 from tunesmith.errors import UserError
 
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
@@ -75,14 +76,6 @@ class Manifest:
             json.dumps({"run": self.run, "stages": self.stages}, ensure_ascii=False, indent=2)
         )
         tmp.replace(work_dir / MANIFEST)
-
-
-def check_text(key: str, value: str) -> str:
-    if not value or not value.strip():
-        raise UserError(f"--{key} is empty; give the assistant's {key}")
-    if "{{" in value or "}}" in value:
-        raise UserError(f"--{key} {value!r} contains '{{{{' or '}}}}': use plain text")
-    return value.strip()
 
 
 def default_recipe(model: str) -> str:
