@@ -74,30 +74,34 @@ def _record_grads(out: list):
     return install
 
 
-def test_sigint_saves_a_whole_checkpoint_that_resumes(tiny_config, run_training, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_stop_signal_saves_a_whole_checkpoint_that_resumes(
+    sig, code, tiny_config, run_training, tmp_path
+):
     cfg = tiny_config(train={"max_steps": 5})
+    before = signal.getsignal(sig)
 
-    def interrupt_after_step_2(recipe):
+    def signal_during_step_2(recipe):
         train_step = recipe._train_step
 
         def step(batches):
             stats = train_step(batches)
             if recipe.step == 1:  # about to become step 2
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), sig)
             return stats
 
         recipe._train_step = step
 
-    _, stopped = run_training(cfg, tmp_path / "run", before_train=interrupt_after_step_2)
-    assert stopped.stopped_by_signal == signal.SIGINT
-    assert stopped.exit_code == 130
+    _, stopped = run_training(cfg, tmp_path / "run", before_train=signal_during_step_2)
+    assert stopped.stopped_by_signal == sig
+    assert stopped.exit_code == code
     saved = ckpt.find_latest(tmp_path / "run")
     assert saved.name == "iter_2"
     assert (saved / "adapter" / "adapter_model.safetensors").is_file()
     assert ckpt.read_state(saved)["step"] == 2
     _, resumed = run_training(cfg, tmp_path / "run", resume="auto")
     assert resumed.step == 5 and resumed.exit_code == 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(sig) is before  # the handlers are put back
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
