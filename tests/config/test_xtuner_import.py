@@ -17,7 +17,25 @@ from tunesmith.config.xtuner_import import (
 
 DATA = Path(__file__).parent / "data"
 TUTORIAL = DATA / "tutorial_config.py"
-TUTORIAL_LOCAL = DATA / "tutorial_local_config.py"
+
+
+def _local_variant() -> Path:
+    """The tutorial config as a user edits it: a local model dir and a json data file."""
+    import tempfile
+
+    src = TUTORIAL.read_text(encoding="utf-8")
+    src = src.replace(
+        "'/root/finetune/models/internlm2_5-7b-chat'", "'/root/models/internlm2_5-7b-chat'"
+    )
+    src = src.replace(
+        "'/root/finetune/data/assistant_Tuner_change.jsonl'", "'datas/assistant.json'"
+    )
+    out = Path(tempfile.mkdtemp(prefix="tutorial-local-")) / "tutorial_local_config.py"
+    out.write_text(src, encoding="utf-8")
+    return out
+
+
+TUTORIAL_LOCAL = _local_variant()
 
 
 @pytest.fixture(scope="module")
