@@ -28,7 +28,7 @@ def make_cfg(**model) -> Config:
     return Config.model_validate({"model": model})
 
 
-def test_optimize_is_a_no_op_on_cpu():
+def test_on_cpu_only_packed_attention_changes_and_logits_stay():
     model = tiny_llama()
     x = torch.randint(0, 128, (2, 12))
     before = model(input_ids=x).logits
@@ -37,16 +37,37 @@ def test_optimize_is_a_no_op_on_cpu():
     out = fast.optimize_for_training(model, make_cfg(use_liger=True))
 
     assert out is model
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == fast.VARLEN
     assert "forward" not in vars(model)
     assert {name: p.dtype for name, p in model.named_parameters()} == dtypes
-    assert torch.equal(model(input_ids=x).logits, before)
+    torch.testing.assert_close(model(input_ids=x).logits, before)
 
 
-def test_plan_is_empty_off_cuda():
-    assert (
-        fast.plan_for(make_cfg(), "cpu", liger_available=True, varlen_available=True) == fast.Plan()
-    )
+def test_plan_off_cuda_is_per_document_attention_only():
+    assert fast.plan_for(
+        make_cfg(), "cpu", liger_available=True, varlen_available=True
+    ) == fast.Plan(attention=fast.VARLEN)
+    unpacked = Config.model_validate({"data": {"pack_to_max_length": False}})
+    assert fast.plan_for(unpacked, "cpu", True, True) == fast.Plan()
+
+
+def test_per_document_attention_on_cpu_equals_the_masked_row():
+    """A packed row run one document at a time gives the logits and grads of SDPA's block mask."""
+    x = torch.randint(0, 128, (2, 15))
+    pos = torch.tensor([list(range(5)) + list(range(7)) + list(range(3)), list(range(15))])
+    reference = tiny_llama(seed=2).train()
+    ref_loss = reference(input_ids=x, position_ids=pos, labels=x, use_cache=False).loss
+    ref_loss.backward()
+
+    model = tiny_llama(seed=2).train()
+    fast.register_varlen_attention()
+    model.set_attn_implementation(fast.VARLEN)
+    loss = model(input_ids=x, position_ids=pos, labels=x, use_cache=False).loss
+    loss.backward()
+
+    torch.testing.assert_close(loss, ref_loss)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
 def test_plan_on_cuda_uses_liger_varlen_and_compute_dtype():

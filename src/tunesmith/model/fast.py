@@ -1,7 +1,9 @@
 """Training speed on CUDA: fused kernels, padding-free attention, no fp32 copies of frozen weights.
 
 `optimize_for_training(model, cfg)` is called by the recipe once the model is loaded (before or
-after LoRA is applied). On a CPU it changes nothing but `train.checkpoint_layers`. On CUDA it
+after LoRA is applied). On a CPU it only runs packed attention one document at a time (SDPA has
+no varlen kernel there, and a masked row-wide attention computes every cross-document pair
+only to throw it away) and applies `train.checkpoint_layers`. On CUDA it
 
 - casts frozen fp32 float weights (the 92k-vocab head, embeddings, norms that peft's
   `prepare_model_for_kbit_training` upcasts) back to the compute dtype;
@@ -44,8 +46,9 @@ class Plan:
 
 def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: bool) -> Plan:
     """Decide the optimisations for a model on `device_type` under `cfg` (a Config)."""
+    packed_auto = cfg.model.attn_implementation == "auto" and cfg.data.pack_to_max_length
     if device_type != "cuda":
-        return Plan()
+        return Plan(attention=VARLEN if packed_auto else None)
     dtype = _compute_dtype(cfg)
     use_liger = cfg.model.use_liger
     if use_liger is True and not liger_available:
@@ -53,7 +56,7 @@ def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: boo
             "model.use_liger is true but liger-kernel is not installed: pip install liger-kernel"
         )
     attention = None
-    if cfg.model.attn_implementation == "auto" and cfg.data.pack_to_max_length and varlen_available:
+    if packed_auto and varlen_available:
         attention = VARLEN
     return Plan(
         cast_frozen_to=dtype if dtype != torch.float32 else None,
@@ -227,9 +230,11 @@ class _SeqlensCache:
     value: tuple[torch.Tensor, int] | None = None
 
     @classmethod
-    def get(cls, position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def get(cls, position_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:
         if cls.position_ids is not position_ids:
-            cls.position_ids, cls.value = position_ids, cu_seqlens(position_ids)
+            # transformers passes (1, L) position_ids for a whole batch when the caller gave none
+            cls.position_ids = position_ids
+            cls.value = cu_seqlens(position_ids.expand(batch, -1))
         return cls.value
 
 
@@ -251,11 +256,13 @@ def varlen_attention(
     """
     batch, heads, length, dim = query.shape
     packed = attention_mask is None and position_ids is not None and key.shape[2] == length
-    if not (packed and query.is_cuda):
+    if not packed:
         return _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    if not query.is_cuda:
+        return _per_document_sdpa(query, key, value, position_ids, scaling, dropout), None
     from torch.nn.attention.varlen import varlen_attn
 
-    offsets, longest = _SeqlensCache.get(position_ids)
+    offsets, longest = _SeqlensCache.get(position_ids, batch)
     kv_heads = key.shape[1]
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
     k = key.transpose(1, 2).reshape(batch * length, kv_heads, dim)
@@ -270,6 +277,29 @@ def varlen_attention(
         extra["is_causal"] = True
     out = varlen_attn(q, k, v, offsets, offsets, longest, longest, scale=scaling, **extra)
     return out.view(batch, length, heads, dim), None
+
+
+def _per_document_sdpa(query, key, value, position_ids, scaling, dropout) -> torch.Tensor:
+    """Causal SDPA over each packed document alone (the CPU path): (B, Hq, L, D) -> (B, L, Hq, D)."""
+    batch, heads, length, dim = query.shape
+    offsets = _SeqlensCache.get(position_ids, batch)[0].tolist()
+    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+    outs = []
+    for start, end in zip(offsets[:-1], offsets[1:], strict=True):
+        outs.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q[start:end].transpose(0, 1),
+                k[start:end].transpose(0, 1),
+                v[start:end].transpose(0, 1),
+                dropout_p=dropout,
+                is_causal=True,
+                scale=scaling,
+                enable_gqa=k.shape[1] != heads,
+            ).transpose(0, 1)
+        )
+    return torch.cat(outs).view(batch, length, heads, dim)
 
 
 def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
