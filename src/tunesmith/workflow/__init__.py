@@ -1,0 +1,1 @@
+"""End-to-end workflows built from the stages (identity: data, train, export, merge, eval)."""
