@@ -219,3 +219,36 @@ def test_quantization_without_lora_is_a_user_error(tiny_config, run_training, tm
     cfg = tiny_config(lora=None, quantization={"bits": 4})
     with pytest.raises(UserError, match="add a lora part"):
         run_training(cfg, tmp_path / "run")
+
+
+def test_guard_mixes_base_answers_into_the_training_data(tiny_config, tmp_path, monkeypatch):
+    from tunesmith.data import general
+    from tunesmith.train.recipe import TrainRecipe
+
+    data = tmp_path / "identity.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"conversation": [{"input": f"Who are you {i}?", "output": "I am Ada."}]})
+            + "\n"
+            for i in range(4)
+        )
+    )
+    monkeypatch.setattr("tunesmith.eval.generate.load_for_eval", lambda *a, **k: object())
+    monkeypatch.setattr(
+        general,
+        "distill",
+        lambda lm, prompts, max_new_tokens: [
+            {"conversation": [{"input": p, "output": "A plain answer."}]} for p in prompts[:2]
+        ],
+    )
+    cfg = tiny_config(
+        data={"files": [{"path": str(data)}], "template": "auto"},
+        guard={"enabled": True, "ratio": 1.0},
+        train={"max_steps": 1},
+    )
+    recipe = TrainRecipe(cfg, tmp_path / "run")
+    recipe.setup()
+
+    mix = [f.path for f in recipe.cfg.data.files if f.path != str(data)]
+    assert len(mix) == 1 and mix[0].startswith(str(tmp_path / "run"))
+    assert recipe.dataset.summary["records"] == 8  # 4 identity + 4 general (ratio 1)

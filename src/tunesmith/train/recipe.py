@@ -105,6 +105,8 @@ class TrainRecipe:
         from accelerate.utils import set_seed
 
         self.accelerator = self._setup_accelerator()
+        if self.dataset is None:
+            self._setup_guard()
         self.resume_from = ckpt.resolve_resume(self.resume, self.work_dir) if self.resume else None
         self._check_work_dir()
         set_seed(self.cfg.train.seed)
@@ -144,6 +146,14 @@ class TrainRecipe:
         from tunesmith.train.distributed import make_accelerator
 
         return make_accelerator(self.cfg)
+
+    def _setup_guard(self) -> None:
+        """Forgetting guard (config part `guard`): mix the base model's own answers to general
+        prompts into the data files; made once per work dir (data/general.py)."""
+        from tunesmith.data.general import with_guard
+
+        with self.accelerator.main_process_first():
+            self.cfg = with_guard(self.cfg, self.work_dir)
 
     def _setup_data(self) -> None:
         if self.dataset is None:
