@@ -55,3 +55,27 @@ def make_tiny_llama(out: Path, tokenizer, seed: int = 0, layers: int = 2) -> Pat
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def no_template_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model with its chat template removed: not a chat model."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("no-template") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    config = out / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data.pop("chat_template", None)
+    config.write_text(json.dumps(data))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def answer_cache(tmp_path, monkeypatch) -> Path:
+    """Greedy answers (eval, guard) cached per test, never in the user's cache."""
+    path = tmp_path / "answers"
+    monkeypatch.setenv("TUNESMITH_ANSWER_CACHE", str(path))
+    return path

@@ -37,7 +37,7 @@ def test_unknown_language_exits_2(tmp_path, capsys):
     assert "--lang" in capsys.readouterr().err
 
 
-def test_model_without_chat_template_exits_2(tmp_path, capsys, no_template_model):
+def test_model_without_chat_template_exits_2(tmp_path, capsys, no_template_model_dir):
     work = tmp_path / "work"
     code = _identity(
         "--name",
@@ -45,7 +45,7 @@ def test_model_without_chat_template_exits_2(tmp_path, capsys, no_template_model
         "--author",
         "Lab",
         "--model",
-        str(no_template_model),
+        str(no_template_model_dir),
         "--work-dir",
         str(work),
     )
