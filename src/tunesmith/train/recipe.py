@@ -207,7 +207,7 @@ class TrainRecipe:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
             model.config.use_cache = False
-        # GPU speed-ups (fused kernels, varlen attention); a no-op on CPU
+        # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU
         model = optimize_for_training(model, cfg)
         model.train()
         if self.is_main:
