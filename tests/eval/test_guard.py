@@ -51,14 +51,14 @@ def fake_base(monkeypatch):
     """Base answers without a model; counts how often the base is asked."""
     calls = []
 
-    def fake_load(model, adapter=None, device="auto"):
+    def fake_load(cls, model, adapter=None, **kwargs):
         calls.append(model)
         return object()
 
     def fake_distill(lm, prompts, max_new_tokens):
         return [{"conversation": [{"input": p, "output": f"answer to {p}"}]} for p in prompts[:3]]
 
-    monkeypatch.setattr("tunesmith.eval.generate.load_for_eval", fake_load)
+    monkeypatch.setattr(general.Generator, "load", classmethod(fake_load))
     monkeypatch.setattr(general, "distill", fake_distill)
     return calls
 

@@ -9,6 +9,7 @@ import pytest
 import uvicorn
 
 from tunesmith.infer.server import create_app
+from tunesmith.model.generate import Sampling
 
 KEY = "sk-test-key"
 MODEL = "tiny"
@@ -16,8 +17,8 @@ ASK = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_engine, free_port):
-    app = create_app(tiny_engine, model_name=MODEL, api_key=KEY, max_body_bytes=4096)
+def base_url(tiny_generator, free_port):
+    app = create_app(tiny_generator, model_name=MODEL, api_key=KEY, max_body_bytes=4096)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -36,10 +37,10 @@ def client(base_url):
     return openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
 
 
-def test_non_streaming_completion_answers_with_usage(client, tiny_engine):
+def test_non_streaming_completion_answers_with_usage(client, tiny_generator):
     reply = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=8)
     text = reply.choices[0].message.content
-    assert text == tiny_engine.generate(ASK, temperature=0, max_new_tokens=8)
+    assert text == tiny_generator.generate(ASK, Sampling.greedy(8))
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage.completion_tokens <= 8
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens

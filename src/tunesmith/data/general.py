@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunesmith.config.schema import Config, DataFile
 from tunesmith.errors import UserError, where
+from tunesmith.model.generate import Generator
 
 GUARD_DIR = "guard"
 _SENTENCE_END = re.compile(r"[.!?。！？\n]")
@@ -57,17 +58,15 @@ def whole_sentences(text: str) -> str:
     return text[: ends[-1]].strip() if ends else ""
 
 
-def distill(lm, prompts: list[str], max_new_tokens: int) -> list[dict]:
+def distill(generator: Generator, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Conversation records: each prompt with the model's own greedy answer (no system:
     training gives them the config's system prompt, so the new identity asks for them)."""
-    from tunesmith.eval.generate import greedy_generate
-
-    answers = greedy_generate(
-        lm, prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
+    answers = generator.greedy_answers(
+        prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
     )
     records = []
-    for prompt, (text, finished) in zip(prompts, answers, strict=True):
-        text = text if finished else whole_sentences(text)
+    for prompt, answer in zip(prompts, answers, strict=True):
+        text = answer.text if answer.finished else whole_sentences(answer.text)
         if text:
             records.append({"conversation": [{"input": prompt, "output": text}]})
     return records
@@ -99,10 +98,7 @@ def base_answers(cfg: Config, work_dir: str | Path) -> list[dict]:
     if answers.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         return [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
 
-    from tunesmith.eval.generate import load_for_eval
-
-    lm = load_for_eval(cfg.model.path)
-    records = distill(lm, prompts, cfg.guard.max_new_tokens)
+    records = distill(Generator.load(cfg.model.path), prompts, cfg.guard.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(answers, records)
     key_file.write_text(json.dumps(key))
