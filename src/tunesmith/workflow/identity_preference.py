@@ -19,18 +19,26 @@ from tunesmith.model.generate import Generator
 
 PREFERENCE_RECIPE = "smollm2_135m_instruct_lora_dpo"
 BASE_ANSWER_TOKENS = 64
+MAX_PAIRS = 64  # a seeded sample of the identity questions: base answers cost ~1-5 s each on a CPU
+EPOCHS = 3  # over the few pairs: ~20 steps
 
 
 def identity_pairs(identity_file: str | Path, generator: Generator) -> list[dict]:
     """{"prompt", "chosen", "rejected"} records: each single-turn identity record's answer
-    against the base model's own greedy answer (no system prompt: its old identity). A
-    question the base already answers with the identity answer gives no pair."""
+    against the base model's own greedy answer (no system prompt: its old identity), for at
+    most MAX_PAIRS records. A question the base already answers with the identity answer
+    gives no pair."""
     questions, answers = [], []
     for conv in load_conversations(identity_file):
         turns = [t for t in conv.turns if t.role != "system"]
         if len(turns) == 2 and turns[0].role == "user" and turns[1].role == "assistant":
             questions.append(turns[0].content)
             answers.append(turns[1].content)
+    if len(questions) > MAX_PAIRS:
+        import random
+
+        keep = sorted(random.Random(0).sample(range(len(questions)), MAX_PAIRS))
+        questions, answers = [questions[i] for i in keep], [answers[i] for i in keep]
     unique = list(dict.fromkeys(questions))
     base = generator.greedy_answers(
         unique, max_new_tokens=BASE_ANSWER_TOKENS, desc="preference: base answers"
@@ -71,6 +79,7 @@ def preference_config(
                 }
             ),
             "preference": PreferenceConfig(loss=loss),
+            "train": cfg.train.model_copy(update={"max_epochs": EPOCHS}),
             "runtime": cfg.runtime.model_copy(
                 update={"work_dir": str(work_dir), "evaluation_inputs": []}
             ),
