@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 
 
 @dataclass
@@ -77,10 +78,7 @@ class AnswerCache:
         if not self.path or not new:
             return
         self.entries.update({k: list(v) for k, v in new.items()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.path)
+        atomic_write_text(self.path, json.dumps(self.entries, ensure_ascii=False))
 
 
 def load_for_eval(model: str, adapter: str | None = None, device: str = "auto") -> LoadedModel:

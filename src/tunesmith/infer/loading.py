@@ -12,12 +12,15 @@ def has_tokenizer(path: str | Path) -> bool:
 
 
 def check_adapter_dir(adapter: str | Path) -> Path:
+    from tunesmith.model.load import check_weights
+
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").exists():
         raise UserError(
             f"{path} holds no adapter_config.json: pass a PEFT adapter directory "
             f"(made by `tunesmith convert pth_to_hf`)"
         )
+    check_weights(path, "adapter")
     return path
 
 

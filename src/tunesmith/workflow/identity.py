@@ -27,6 +27,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config, DataFile
 from tunesmith.data.identity import check_text
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
 MANIFEST = "manifest.json"
@@ -71,11 +72,10 @@ class Manifest:
         return cls(data.get("run", {}), data.get("stages", {}))
 
     def write(self, work_dir: Path) -> None:
-        tmp = work_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(
-            json.dumps({"run": self.run, "stages": self.stages}, ensure_ascii=False, indent=2)
+        atomic_write_text(
+            work_dir / MANIFEST,
+            json.dumps({"run": self.run, "stages": self.stages}, ensure_ascii=False, indent=2),
         )
-        tmp.replace(work_dir / MANIFEST)
 
 
 def default_recipe(model: str) -> str:
