@@ -65,7 +65,9 @@ def _show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default=None, help="chat template (default: the config's)")
     p.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=None)
     p.add_argument("--show", choices=SHOW_CHOICES, default="masked_text")
-    p.add_argument("--index", type=int, default=0, help="which record (default 0)")
+    p.add_argument(
+        "--index", type=int, default=0, help="which record, or pair for preference data (default 0)"
+    )
     add_override_args(p)
     p.set_defaults(func=_show)
 
@@ -155,11 +157,16 @@ def _check(args) -> int:
 
 def _show(args) -> int:
     from tunesmith.data.dataset import build_dataset
-    from tunesmith.data.inspect import show_document
+    from tunesmith.data.inspect import show_document, show_pair
+    from tunesmith.data.preference import build_preference_dataset, holds_pairs
     from tunesmith.model.load import load_tokenizer
 
     cfg = _config_for(args.config, args)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.preference is not None or (cfg.data.files and holds_pairs(cfg.data.files[0].path)):
+        dataset = build_preference_dataset(cfg, tokenizer)
+        print(show_pair(dataset, tokenizer, args.index, args.show))
+        return 0
     dataset = build_dataset(cfg, tokenizer)
     print(show_document(dataset, tokenizer, args.index, args.show))
     return 0

@@ -85,7 +85,7 @@ def run(args) -> int:
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     work_dir = args.work_dir or f"work_dirs/identity-{safe}"
-    from tunesmith.eval.generate import fit_threads_to_load
+    from tunesmith.model.generate import fit_threads_to_load
 
     print(f"torch threads: {fit_threads_to_load()}")
     start = time.perf_counter()

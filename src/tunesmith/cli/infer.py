@@ -110,21 +110,23 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
 
 
-def _sampling(args) -> dict:
-    return {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "repetition_penalty": args.repetition_penalty,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-    }
+def _sampling(args):
+    from tunesmith.model.generate import Sampling
+
+    return Sampling(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
 
 
-def _engine(args):
-    from tunesmith.infer.engine import Engine
+def _generator(args):
+    from tunesmith.infer.chat import load_generator
 
-    return Engine.load(
+    return load_generator(
         args.model,
         adapter=args.adapter,
         template=args.prompt_template,
@@ -137,17 +139,18 @@ def _engine(args):
 def run_chat(args) -> int:
     from tunesmith.infer import chat
 
-    engine = _engine(args)
+    sampling = _sampling(args)  # checked before the model loads
+    generator = _generator(args)
     stream = not args.no_streamer
     if args.prompt:
-        chat.answer_prompts(engine, args.prompt, _sampling(args), stream)
+        chat.answer_prompts(generator, args.prompt, sampling, stream)
     else:
-        chat.interactive(engine, _sampling(args), stream)
+        chat.interactive(generator, sampling, stream)
     return 0
 
 
 def run_webui(args) -> int:
-    from tunesmith.infer.loading import check_adapter_dir
+    from tunesmith.model.generate import check_adapter_dir
     from tunesmith.model.resolve import resolve_model_path
 
     resolve_model_path(args.model, with_weights=False)  # fail here, not in the browser
@@ -181,15 +184,12 @@ def run_webui(args) -> int:
 
 
 def run_serve(args) -> int:
-    import uvicorn
+    from tunesmith.infer.server import serve
 
-    from tunesmith.infer.server import create_app
-
-    engine = _engine(args)
+    generator = _generator(args)
     name = args.model_name or Path(args.model.rstrip("/")).name
-    app = create_app(engine, model_name=name, api_key=args.api_key)
     print(
         f"OpenAI-compatible API on http://{args.host}:{args.port}/v1 (model id: {name})", flush=True
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    serve(generator, name, host=args.host, port=args.port, api_key=args.api_key)
     return 0

@@ -21,6 +21,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The chat templates built into tunesmith.data.templates (`auto`: the tokenizer's own).
+TEMPLATE_NAMES = (
+    "auto",
+    "chatml",
+    "default",
+    "internlm2_chat",
+    "llama3_chat",
+    "qwen_chat",
+    "zephyr",
+)
+
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -26,6 +26,7 @@ from tunesmith.config.schema import Config, DataFile
 from tunesmith.data.fluency import answered_in, language_of, repetition
 from tunesmith.errors import UserError, where
 from tunesmith.fileio import atomic_write_text, read_text
+from tunesmith.model.generate import Generator
 
 GUARD_DIR = "guard"
 _SENTENCE_END = re.compile(r"[.!?。！？\n]")
@@ -88,18 +89,16 @@ def acceptable(prompt: str, answer: str) -> bool:
     )
 
 
-def distill(lm, prompts: list[str], max_new_tokens: int) -> list[dict]:
+def distill(generator: Generator, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Conversation records: each prompt with the model's own greedy answer (no system:
     training gives them the config's system prompt, so the new identity asks for them).
     Answers that fail `acceptable` are left out."""
-    from tunesmith.eval.generate import greedy_generate
-
-    answers = greedy_generate(
-        lm, prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
+    answers = generator.greedy_answers(
+        prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
     )
     records = []
-    for prompt, (text, finished) in zip(prompts, answers, strict=True):
-        text = text if finished else whole_sentences(text)
+    for prompt, answer in zip(prompts, answers, strict=True):
+        text = answer.text if answer.finished else whole_sentences(answer.text)
         if acceptable(prompt, text):
             records.append({"conversation": [{"input": prompt, "output": text}]})
     return records
@@ -134,12 +133,10 @@ def base_answers(cfg: Config, work_dir: str | Path) -> list[dict]:
     if answers.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         return [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
 
-    from tunesmith.eval.generate import load_for_eval
-
     asked = [p for p in prompts if p not in references]
     records = []
     if asked:
-        records = distill(load_for_eval(cfg.model.path), asked, cfg.guard.max_new_tokens)
+        records = distill(Generator.load(cfg.model.path), asked, cfg.guard.max_new_tokens)
     records += [
         {"conversation": [{"input": p, "output": references[p]}]}
         for p in prompts

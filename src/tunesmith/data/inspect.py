@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.formats import SUFFIXES, detect_format, iter_records, to_conversation
+from tunesmith.data.preference import preference_format, to_pair
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
 
@@ -43,13 +44,13 @@ def check_files(
             for loc, record in iter_records(entry.path):
                 report.records += 1
                 try:
-                    fmt = detect_format(record, loc) if entry.format == "auto" else entry.format
-                    conversation = to_conversation(record, fmt, loc)
+                    fmt, found = _conversations_of(record, entry.format, loc)
                     report.formats[fmt] = report.formats.get(fmt, 0) + 1
-                    if conversation.problem:  # training would leave it out
-                        report.errors.append(conversation.problem)
-                    else:
-                        conversations.append(conversation)
+                    for conversation in found:
+                        if conversation.problem:  # training would leave it out
+                            report.errors.append(conversation.problem)
+                        else:
+                            conversations.append(conversation)
                 except UserError as exc:
                     report.errors.append(str(exc))
         except UserError as exc:  # the file itself is unreadable (missing, empty, bad JSON line)
@@ -80,6 +81,16 @@ def _no_loss_message(loc: str, labels: np.ndarray, max_length: int) -> str:
             f"it all); training leaves the record out: shorten it or raise data.max_length"
         )
     return f"{loc}: no answer carries loss; training leaves the record out"
+
+
+def _conversations_of(record: dict, fmt: str, loc: str) -> tuple[str, list]:
+    """(format name, conversations): one for an SFT record, chosen + rejected for a pair."""
+    layout = preference_format(record)
+    if layout is not None:
+        pair = to_pair(record, loc, fmt)
+        return f"preference {layout}", [pair.chosen, pair.rejected]
+    fmt = detect_format(record, loc) if fmt == "auto" else fmt
+    return fmt, [to_conversation(record, fmt, loc)]
 
 
 def format_report(reports: list[FileReport], max_length: int, template_name: str) -> str:
@@ -133,6 +144,35 @@ def show_document(dataset, tokenizer, index: int, what: str) -> str:
             f"--index {index} is out of range: the dataset has {dataset.num_documents} records"
         )
     ids, labels = dataset.document(index)
+    s = dataset.summary
+    header = (
+        f"record {index} of {dataset.num_documents}: {len(ids)} tokens, "
+        f"{int((labels != IGNORE).sum())} with loss | dataset: {s['rows']} rows "
+        f"({'packed' if s['packed'] else 'unpacked'}, max_length {s['max_length']}), "
+        f"{s['truncated']} truncated"
+    )
+    return f"{header}\n\n{_views(tokenizer, ids, labels, what)}"
+
+
+def show_pair(dataset, tokenizer, index: int, what: str) -> str:
+    """Both sequences of preference pair `index`: chosen, then rejected."""
+    if not 0 <= index < dataset.num_pairs:
+        raise UserError(
+            f"--index {index} is out of range: the dataset has {dataset.num_pairs} pairs"
+        )
+    s = dataset.summary
+    parts = [
+        f"pair {index} of {dataset.num_pairs} | dataset: {s['rows']} rows (max_length "
+        f"{s['max_length']} per sequence), {s['truncated']} sequences truncated"
+    ]
+    for side, doc in (("chosen", 2 * index), ("rejected", 2 * index + 1)):
+        ids, labels = dataset.document(doc)
+        parts.append(f"===== {side}: {len(ids)} tokens, {int((labels != IGNORE).sum())} with loss")
+        parts.append(_views(tokenizer, ids, labels, what))
+    return "\n\n".join(parts)
+
+
+def _views(tokenizer, ids, labels, what: str) -> str:
     parts = []
     if what in ("text", "all"):
         parts.append(("text", tokenizer.decode(ids.tolist(), skip_special_tokens=False)))
@@ -142,11 +182,4 @@ def show_document(dataset, tokenizer, index: int, what: str) -> str:
         parts.append(("input_ids", str(ids.tolist())))
     if what in ("labels", "all"):
         parts.append(("labels", str(labels.tolist())))
-    s = dataset.summary
-    header = (
-        f"record {index} of {dataset.num_documents}: {len(ids)} tokens, "
-        f"{int((labels != IGNORE).sum())} with loss | dataset: {s['rows']} rows "
-        f"({'packed' if s['packed'] else 'unpacked'}, max_length {s['max_length']}), "
-        f"{s['truncated']} truncated"
-    )
-    return "\n\n".join([header] + [f"--- {name} ---\n{body}" for name, body in parts])
+    return "\n\n".join(f"--- {name} ---\n{body}" for name, body in parts)

@@ -20,6 +20,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 
+from tunesmith.config.schema import TEMPLATE_NAMES
 from tunesmith.data.formats import Conversation, Turn
 from tunesmith.errors import UserError
 
@@ -191,17 +192,6 @@ def _named(name: str, tokenizer) -> WrapperTemplate | None:
         "default": lambda: _default(eos),
         "zephyr": _zephyr,
     }.get(name, lambda: None)()
-
-
-TEMPLATE_NAMES = (
-    "auto",
-    "chatml",
-    "default",
-    "internlm2_chat",
-    "llama3_chat",
-    "qwen_chat",
-    "zephyr",
-)
 
 
 class AutoTemplate(ChatTemplate):
@@ -410,3 +400,18 @@ def check_template_name(name: str) -> None:
         f"data.template: unknown template '{name}'; {hint}use auto (the tokenizer's own) or one "
         f"of {', '.join(TEMPLATE_NAMES)}"
     )
+
+
+def turn_stop_words(tokenizer) -> list[str]:
+    """The end-of-turn marker(s) of the tokenizer's own chat template, where it can be probed
+    ([] for a template that cannot be; prompting with it still works)."""
+    try:
+        return list(get_template("auto", tokenizer).stop_words)
+    except UserError:
+        return []
+
+
+def prompt_template(name: str | None, tokenizer) -> ChatTemplate | None:
+    """The template generation renders prompts with: a named one, or None for the tokenizer's
+    own chat_template (rendered by the tokenizer; see `turn_stop_words` for its stops)."""
+    return get_template(name, tokenizer) if name and name != "auto" else None

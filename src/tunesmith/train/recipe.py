@@ -24,8 +24,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from tunesmith.config.schema import Config
+from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
 from tunesmith.model.fast import optimize_for_training
+from tunesmith.model.generate import Generator
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
 from tunesmith.train.metrics import MetricsLogger
@@ -140,7 +142,7 @@ class TrainRecipe:
             else None
         )
         self.chat_samples = ChatSampler(
-            self._make_engine,
+            self._make_generator,
             self.cfg.runtime.evaluation_inputs,
             self.cfg.runtime.evaluation_max_new_tokens,
             self.work_dir / "chat_samples.jsonl",
@@ -533,12 +535,9 @@ class TrainRecipe:
 
         return dump_config(self.cfg)
 
-    def _make_engine(self, model):
-        from tunesmith.infer.engine import Engine
-
-        return Engine(
-            model, self.tokenizer, template=self.cfg.data.template, system=self.cfg.data.system
-        )
+    def _make_generator(self, model) -> Generator:
+        template = get_template(self.cfg.data.template, self.tokenizer)
+        return Generator(model, self.tokenizer, template, system=self.cfg.data.system)
 
     def _finish(
         self, tokens: int, seconds: float, step_seconds: float, signum: int | None

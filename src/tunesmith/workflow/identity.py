@@ -28,6 +28,7 @@ from tunesmith.config.schema import Config, DataFile
 from tunesmith.data.identity import check_text
 from tunesmith.errors import UserError
 from tunesmith.fileio import atomic_write_text
+from tunesmith.model.generate import Generator
 
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
 MANIFEST = "manifest.json"
@@ -143,8 +144,8 @@ class IdentityWorkflow:
 
     def setup(self) -> None:
         """Check everything the user gave before anything is written."""
-        from tunesmith.cli.eval import default_old_names
         from tunesmith.data.identity import LANGUAGES
+        from tunesmith.eval.identity import default_old_names
 
         run = self.run
         check_text("name", run.name)
@@ -291,11 +292,10 @@ class IdentityWorkflow:
         """Identity and retention answers of one model, with no system prompt given: what a
         vanilla client sees (the merged model's template defaults to the new system prompt)."""
         from tunesmith.eval import retention
-        from tunesmith.eval.generate import load_for_eval
         from tunesmith.eval.identity import evaluate_identity, load_questions
         from tunesmith.eval.report import write_json
 
-        lm = load_for_eval(model)
+        lm = Generator.load(model)
         identity = evaluate_identity(
             lm, self.run.name, self.run.author, load_questions(self.run.questions), self.old_names
         )
