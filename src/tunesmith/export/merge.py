@@ -13,10 +13,8 @@ written back in the original InternLM2 layout (`--format auto`) or as Llama.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +23,11 @@ from tqdm import tqdm
 
 from tunesmith.errors import UserError
 from tunesmith.export import chat_files
-from tunesmith.export.lora import Adapter, UnsupportedAdapter, read_adapter
+from tunesmith.export.lora import Adapter, UnsupportedAdapter, read_adapter, read_adapter_config
 from tunesmith.export.shards import ShardWriter, iter_tensors, parse_size, weight_files
+from tunesmith.fileio import atomic_dir, check_new_dir
 from tunesmith.model import internlm2
-from tunesmith.model.load import model_type, resolve_device
+from tunesmith.model.load import check_weights, model_type, resolve_device
 from tunesmith.model.quantize import DTYPES
 from tunesmith.model.resolve import resolve_model_path
 
@@ -57,8 +56,10 @@ def merge(
     fmt: str = "auto",
 ) -> MergeResult:
     out_dir = Path(out).expanduser()
-    _check_out_dir(out_dir)
+    check_new_dir(out_dir)
     adapter_dir = Path(adapter).expanduser()
+    read_adapter_config(adapter_dir)  # the adapter is checked before any work
+    check_weights(adapter_dir, "adapter")
     max_bytes = parse_size(max_shard_size)
     device = resolve_device(device)
     base_dir = Path(resolve_model_path(base))
@@ -74,9 +75,7 @@ def merge(
         )
 
     weights_dir = internlm2.llama_checkpoint(base_dir) if is_internlm2 else base_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=False) as tmp:
         method = "streaming"
         try:
             adapter_weights = read_adapter(adapter_dir)
@@ -99,19 +98,8 @@ def merge(
             for pattern in _INTERNLM2_EXTRA_FILES:
                 for extra in base_dir.glob(pattern):
                     shutil.copy2(extra, tmp / extra.name)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     files = [out_dir / f.name for f in files]
     return MergeResult(out_dir, files, out_dtype, fmt, method, notes)
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} already exists and is not empty: pick a new OUT or delete it")
 
 
 def _output_format(fmt: str, is_internlm2: bool) -> str:

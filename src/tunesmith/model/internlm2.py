@@ -22,7 +22,8 @@ import torch
 from transformers import LlamaConfig
 
 from tunesmith.errors import UserError
-from tunesmith.model.embedded import atomic_dir, cache_lock, cache_root
+from tunesmith.fileio import atomic_dir
+from tunesmith.model.embedded import cache_lock, cache_root
 
 MODEL_TYPE = "internlm2"
 CONVERTER_VERSION = "1"

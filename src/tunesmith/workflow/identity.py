@@ -32,6 +32,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config, DataFile
 from tunesmith.data.identity import check_text
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 from tunesmith.model.generate import Generator
 
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
@@ -79,11 +80,10 @@ class Manifest:
         return cls(data.get("run", {}), data.get("stages", {}))
 
     def write(self, work_dir: Path) -> None:
-        tmp = work_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(
-            json.dumps({"run": self.run, "stages": self.stages}, ensure_ascii=False, indent=2)
+        atomic_write_text(
+            work_dir / MANIFEST,
+            json.dumps({"run": self.run, "stages": self.stages}, ensure_ascii=False, indent=2),
         )
-        tmp.replace(work_dir / MANIFEST)
 
 
 def default_recipe(model: str) -> str:
