@@ -31,8 +31,9 @@ from pathlib import Path
 
 from tunesmith.config.schema import Config, DataFile
 from tunesmith.data.identity import check_text
+from tunesmith.data.templates import check_template_name
 from tunesmith.errors import UserError
-from tunesmith.fileio import atomic_write_text
+from tunesmith.fileio import atomic_write_text, check_writable_dir
 from tunesmith.model.generate import Generator
 
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
@@ -166,6 +167,7 @@ class IdentityWorkflow:
         load_questions(run.questions)
         load_prompts(run.prompts)
         self.cfg = build_config(run, self.work_dir)
+        check_template_name(self.cfg.data.template)
         check_chat_model(self.cfg)
         names = run.old_names
         self.old_names = default_old_names(run.model) if names is None else list(names)
@@ -184,6 +186,7 @@ class IdentityWorkflow:
         return record
 
     def _check_work_dir(self) -> None:
+        check_writable_dir(self.work_dir, "work dir")
         manifest = Manifest.read(self.work_dir)
         if manifest is None:
             if self.work_dir.exists() and any(self.work_dir.iterdir()):
