@@ -255,6 +255,8 @@ def main() -> None:
             tok.save_pretrained(gpu_train.MODEL_DIR)
     elif not (gpu_train.MODEL_DIR / "tokenizer.json").exists():
         gpu_train.prepare()  # the random 7B with the SmolLM2 tokenizer from .bench/tok
+        if not (gpu_train.MODEL_DIR / "tokenizer.json").exists():
+            raise SystemExit(f"no tokenizer in {gpu_train.TOKENIZER_DIR}: carry .bench/tok")
     measured = run_tunesmith(args) if args.engine == "tunesmith" else run_trl(args)
     import peft
     import transformers
