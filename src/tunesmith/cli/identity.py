@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -48,6 +49,15 @@ def register(subparsers) -> None:
         "--prompts", default=None, help="retention eval prompts, JSON (default: the shipped set)"
     )
     parser.add_argument(
+        "--gguf",
+        nargs="?",
+        const="f16",
+        default=None,
+        metavar="OUTTYPE",
+        help="also write WORK_DIR/merged-OUTTYPE.gguf + Modelfile for llama.cpp / Ollama "
+        "(f32 | f16 | bf16 | q8_0 | q4_0; default f16)",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -87,8 +97,20 @@ def run(args) -> int:
     work_dir = args.work_dir or f"work_dirs/identity-{safe}"
     from tunesmith.eval.generate import fit_threads_to_load
 
+    gguf_out = None
+    if args.gguf is not None:  # checked before the workflow writes anything
+        from tunesmith.export.gguf import check_target, gguf_sibling
+
+        gguf_out = gguf_sibling(Path(work_dir) / "merged", args.gguf)
+        check_target(gguf_out, args.gguf, overwrite=True)
     print(f"torch threads: {fit_threads_to_load()}")
     start = time.perf_counter()
-    IdentityWorkflow(identity_run, work_dir).execute()
+    workflow = IdentityWorkflow(identity_run, work_dir)
+    workflow.execute()
+    if gguf_out is not None:
+        from tunesmith.cli.convert import print_gguf
+        from tunesmith.export.gguf import export_gguf
+
+        print_gguf(export_gguf(workflow.paths["merged"], gguf_out, args.gguf, overwrite=True))
     print(f"done in {time.perf_counter() - start:.0f} s; report: {work_dir}/report.md")
     return 0
