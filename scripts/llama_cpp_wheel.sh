@@ -9,11 +9,10 @@ version="0.3.36"
 wheels="${TUNESMITH_WHEELS:-$HOME/.cache/tunesmith-ci/wheels}"
 py="${PYTHON:-.venv/bin/python}"
 [[ -x "$py" ]] || py=python3
-tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 mkdir -p "$wheels"
-wheel=$(ls "$wheels"/llama_cpp_python-"$version"-"$tag"-*.whl 2>/dev/null | head -1 || true)
+wheel=$(ls "$wheels"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -1 || true)
 if [[ -z "$wheel" ]]; then
-  echo "building llama-cpp-python $version from source (CPU only; ~10-20 min on 2 cores, once)"
+  echo "building llama-cpp-python $version from source (CPU only; ~10 CPU-minutes, once)"
   start=$(date +%s)
   # CPU only, no BLAS, no examples/tools/server/tests/multimodal: the library the bindings load.
   # GGML_NATIVE=OFF: the cached wheel must run on any x86-64 CI box, not only the one that built it.
@@ -24,7 +23,8 @@ if [[ -z "$wheel" ]]; then
     "$py" -m pip wheel --no-deps --no-binary llama-cpp-python --disable-pip-version-check \
       -w "$wheels" "llama-cpp-python==$version"
   echo "built in $(( $(date +%s) - start )) s"
-  wheel=$(ls "$wheels"/llama_cpp_python-"$version"-"$tag"-*.whl | head -1)
+  wheel=$(ls "$wheels"/llama_cpp_python-"$version"-*.whl | head -1)
 fi
-"$py" -m pip install -q --disable-pip-version-check "$wheel"  # + its small deps (diskcache)
+# its other dependencies (numpy, jinja2, typing-extensions) come with tunesmith
+"$py" -m pip install -q --disable-pip-version-check --no-deps "$wheel" "diskcache>=5.6.1"
 "$py" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'ready')"

@@ -34,22 +34,47 @@ def _field(reader: gguf.GGUFReader, key: str):
     return reader.fields[key].contents()
 
 
+def _make_tiny_llama(out, tokenizer):
+    """tests/conftest.py's tiny Llama (that conftest is not importable by name from here)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_llama(out, tokenizer)
+
+
 @pytest.fixture(scope="module")
-def llama_exports(tmp_path_factory, tiny_model_dir):
+def small_llama(tmp_path_factory):
+    """A tiny Llama with a 600-token Llama 3 style tokenizer (GGUF loads of a 49k vocab are
+    slow), exported in every outtype: (model dir, tokenizer, {outtype: path})."""
     out = tmp_path_factory.mktemp("gguf-llama")
-    return {t: export_gguf(tiny_model_dir, out / f"tiny-{t}.gguf", t).path for t in TOLERANCE}
+    tokenizer = llama3_tokenizer()
+    model_dir = _make_tiny_llama(out / "model", tokenizer)
+    paths = {t: export_gguf(model_dir, out / f"tiny-{t}.gguf", t).path for t in TOLERANCE}
+    return model_dir, tokenizer, paths
 
 
 @pytest.fixture(scope="module")
-def reloaded_model(llama_exports):
-    """The reloaded model of an outtype, loaded once per module (GGUF loads are slow)."""
+def smollm_export(tmp_path_factory, tiny_model_dir):
+    """The tiny Llama with SmolLM2's tokenizer and chat template, as f16 GGUF."""
+    out = tmp_path_factory.mktemp("gguf-smollm")
+    return export_gguf(tiny_model_dir, out / "tiny-f16.gguf", "f16").path
+
+
+@pytest.fixture(scope="module")
+def reloaded_model(small_llama):
+    """The reloaded model of an outtype, loaded once per module."""
     from transformers import AutoModelForCausalLM
 
     cache = {}
 
     def load(outtype: str):
         if outtype not in cache:
-            path = llama_exports[outtype]
+            path = small_llama[2][outtype]
             cache[outtype] = AutoModelForCausalLM.from_pretrained(
                 path.parent, gguf_file=path.name, dtype=torch.float32
             )
@@ -58,22 +83,21 @@ def reloaded_model(llama_exports):
     return load
 
 
-def test_llama_tokenizer_reloads_equal(llama_exports, smollm_tokenizer):
-    _, tokenizer = reload(llama_exports["f16"])
+def test_smollm_tokenizer_reloads_equal(smollm_export, smollm_tokenizer):
+    _, tokenizer = reload(smollm_export)
     for text in SAMPLES:
         assert tokenizer(text)["input_ids"] == smollm_tokenizer(text)["input_ids"], text
     assert tokenizer.chat_template == smollm_tokenizer.chat_template
 
 
 @pytest.mark.parametrize("outtype", list(TOLERANCE))
-def test_llama_reloads_with_source_logits(
-    reloaded_model, tiny_model_dir, smollm_tokenizer, outtype
-):
+def test_llama_reloads_with_source_logits(reloaded_model, small_llama, outtype):
     from transformers import AutoModelForCausalLM
 
-    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model_dir, tokenizer, _ = small_llama
+    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = reloaded_model(outtype)
-    ids = smollm_tokenizer(SAMPLES[0] + " " + SAMPLES[1])["input_ids"]
+    ids = tokenizer(SAMPLES[0] + " " + SAMPLES[1])["input_ids"]
     error = relative_error(logits(model, ids), logits(source, ids))
     assert error <= TOLERANCE[outtype], f"{outtype}: {error:.2e}"
     if outtype == "f32":
@@ -81,18 +105,18 @@ def test_llama_reloads_with_source_logits(
 
 
 @pytest.mark.parametrize("outtype", ["f16", "bf16"])
-def test_greedy_answers_equal_source_at_the_same_precision(reloaded_model, tiny_model_dir, outtype):
+def test_greedy_answers_equal_source_at_the_same_precision(reloaded_model, small_llama, outtype):
     """With its matrices rounded as the file stores them, the source greedy-decodes exactly
     what the reloaded file decodes (norms stay f32 in both)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    model_dir, tokenizer, _ = small_llama
     dtype = {"f16": torch.float16, "bf16": torch.bfloat16}[outtype]
-    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     with torch.no_grad():
         for p in source.parameters():
             if p.dim() == 2:
                 p.copy_(p.to(dtype).float())
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = reloaded_model(outtype)
     for question in ("Who are you?", "What is your name?", "Who made you?"):
         prompt = tokenizer.apply_chat_template(
@@ -106,17 +130,15 @@ def test_greedy_answers_equal_source_at_the_same_precision(reloaded_model, tiny_
         assert torch.equal(answers[0], answers[1]), question
 
 
-def test_metadata_tokenizer_and_template(llama_exports, tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    source = AutoTokenizer.from_pretrained(tiny_model_dir)
-    reader = gguf.GGUFReader(llama_exports["f16"])
+def test_metadata_tokenizer_and_template(smollm_export, small_llama, smollm_tokenizer):
+    source = smollm_tokenizer
+    reader = gguf.GGUFReader(smollm_export)
     assert _field(reader, "general.architecture") == "llama"
     assert _field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_F16
     assert _field(reader, "llama.block_count") == 2
     assert _field(reader, "llama.attention.head_count_kv") == 2
     assert _field(reader, "tokenizer.ggml.model") == "gpt2"
-    assert _field(reader, "tokenizer.ggml.pre") == "gpt2"  # the source's tokenizer.json says so
+    assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"  # the source's tokenizer.json says so
     assert _field(reader, "tokenizer.chat_template") == source.chat_template
     for key, token in (("eos", source.eos_token), ("bos", source.bos_token),
                        ("padding", source.pad_token)):  # fmt: skip
@@ -130,7 +152,7 @@ def test_metadata_tokenizer_and_template(llama_exports, tiny_model_dir):
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
-    q4 = {t.name: t.tensor_type for t in gguf.GGUFReader(llama_exports["q4_0"]).tensors}
+    q4 = {t.name: t.tensor_type for t in gguf.GGUFReader(small_llama[2]["q4_0"]).tensors}
     assert q4["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_0
     assert q4["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
 
@@ -155,19 +177,15 @@ def test_qwen2_with_biases_tied_head_and_padded_vocab(tmp_path):
     assert relative_error(logits(model, ids), logits(source, ids)) < 1e-6
 
 
-def test_llama3_tokenizer_is_llama_bpe_and_adds_bos(tmp_path):
-    from conftest import make_tiny_llama
-
-    tokenizer = llama3_tokenizer()
-    source_dir = make_tiny_llama(tmp_path / "llama3", tokenizer)
-    path = export_gguf(source_dir, tmp_path / "llama3.gguf", "f16").path
-    reader = gguf.GGUFReader(path)
+def test_llama3_tokenizer_is_llama_bpe_and_adds_bos(small_llama):
+    _, tokenizer, paths = small_llama
+    reader = gguf.GGUFReader(paths["f16"])
     assert _field(reader, "tokenizer.ggml.pre") == "llama-bpe"
     assert _field(reader, "tokenizer.ggml.add_bos_token") is True
     assert _field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids(
         "<|eot_id|>"
     )
-    _, reloaded = reload(path)
+    _, reloaded = reload(paths["f16"])
     for text in SAMPLES:
         assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"], text
 

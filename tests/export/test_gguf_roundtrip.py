@@ -90,7 +90,7 @@ def test_llama_cpp_answers_with_the_new_name_and_stops(identity_gguf):
     assert "<|im_end|>" not in choice["message"]["content"]
     # the end-of-turn token is what stops it: generate token by token and see it come
     eot = llm.token_eos()
-    assert llm.detokenize([eot]) == b"<|im_end|>"
+    assert llm.detokenize([eot], special=True) == b"<|im_end|>"
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     template = ImmutableSandboxedEnvironment().from_string(llm.metadata["tokenizer.chat_template"])
@@ -104,3 +104,4 @@ def test_llama_cpp_answers_with_the_new_name_and_stops(identity_gguf):
         if llm._model.token_is_eog(token) or len(tokens) == 120:
             break
     assert tokens[-1] == eot, llm.detokenize(tokens)
+    llm.close()

@@ -523,7 +523,7 @@ def _pre_tokenizer(model_dir: Path, spec: dict) -> str:
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"  # SmolLM / StarCoder: digits one by one, then GPT-2's split
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
