@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -49,6 +48,13 @@ def register(subparsers) -> None:
         "--prompts", default=None, help="retention eval prompts, JSON (default: the shipped set)"
     )
     parser.add_argument(
+        "--preference",
+        default=None,
+        choices=("dpo", "ipo", "orpo", "simpo"),
+        help="after SFT, a preference stage: the base model's own (old-name) answers rejected, "
+        "the identity answers chosen (docs/identity.md)",
+    )
+    parser.add_argument(
         "--gguf",
         nargs="?",
         const="f16",
@@ -92,25 +98,26 @@ def run(args) -> int:
         questions=args.questions,
         prompts=args.prompts,
         old_names=None if args.old_names is None else tuple(split_names(args.old_names)),
+        preference=args.preference,
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     work_dir = args.work_dir or f"work_dirs/identity-{safe}"
-    from tunesmith.eval.generate import fit_threads_to_load
+    from tunesmith.model.generate import fit_threads_to_load
 
+    workflow = IdentityWorkflow(identity_run, work_dir)
     gguf_out = None
     if args.gguf is not None:  # checked before the workflow writes anything
         from tunesmith.export.gguf import check_target, gguf_sibling
 
-        gguf_out = gguf_sibling(Path(work_dir) / "merged", args.gguf)
+        gguf_out = gguf_sibling(workflow.final_model, args.gguf)  # WORK_DIR/merged-f16.gguf
         check_target(gguf_out, args.gguf, overwrite=True)
     print(f"torch threads: {fit_threads_to_load()}")
     start = time.perf_counter()
-    workflow = IdentityWorkflow(identity_run, work_dir)
     workflow.execute()
     if gguf_out is not None:
         from tunesmith.cli.convert import print_gguf
         from tunesmith.export.gguf import export_gguf
 
-        print_gguf(export_gguf(workflow.paths["merged"], gguf_out, args.gguf, overwrite=True))
+        print_gguf(export_gguf(workflow.final_model, gguf_out, args.gguf, overwrite=True))
     print(f"done in {time.perf_counter() - start:.0f} s; report: {work_dir}/report.md")
     return 0
