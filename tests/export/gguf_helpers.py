@@ -131,6 +131,32 @@ def reload(path: Path):
     return model, tokenizer
 
 
+def llama_cpp_or_skip():
+    """llama-cpp-python (scripts/llama_cpp_wheel.sh); required under CI, else skipped."""
+    import os
+
+    import pytest
+
+    try:
+        import llama_cpp
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("llama-cpp-python is not installed: run bash scripts/llama_cpp_wheel.sh")
+    return llama_cpp
+
+
+def llama_cpp_tokens(path: Path, texts: list[str]) -> list[list[int]]:
+    """How llama.cpp itself tokenizes `texts` with the GGUF's vocabulary (special tokens
+    parsed, no BOS), loading the vocabulary only."""
+    llama_cpp = llama_cpp_or_skip()
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    try:
+        return [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
+    finally:
+        llm.close()
+
+
 # ---- Go text/template, the subset a Modelfile TEMPLATE from export/modelfile.py uses ----------
 
 _ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)

@@ -17,6 +17,7 @@ import torch
 from gguf_helpers import (
     SAMPLES,
     llama3_tokenizer,
+    llama_cpp_tokens,
     logits,
     make_tiny_qwen2,
     qwen2_tokenizer,
@@ -88,6 +89,20 @@ def test_smollm_tokenizer_reloads_equal(smollm_export, smollm_tokenizer):
     for text in SAMPLES:
         assert tokenizer(text)["input_ids"] == smollm_tokenizer(text)["input_ids"], text
     assert tokenizer.chat_template == smollm_tokenizer.chat_template
+
+
+def test_llama_cpp_tokenizes_like_the_source(
+    smollm_export, smollm_tokenizer, small_llama, tmp_path
+):
+    """The pre-tokenizer names written (gpt-2, llama-bpe, qwen2) make llama.cpp itself split
+    text the way the source tokenizer does."""
+    qwen = qwen2_tokenizer()
+    qwen_path = export_gguf(make_tiny_qwen2(tmp_path / "q", qwen), tmp_path / "q.gguf", "f16").path
+    _, llama3, paths = small_llama
+    for path, tokenizer in ((smollm_export, smollm_tokenizer), (paths["f16"], llama3),
+                            (qwen_path, qwen)):  # fmt: skip
+        want = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in SAMPLES]
+        assert llama_cpp_tokens(path, SAMPLES) == want, path.name
 
 
 @pytest.mark.parametrize("outtype", list(TOLERANCE))

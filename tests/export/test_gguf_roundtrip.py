@@ -10,11 +10,10 @@ CI the test fails when it is missing, elsewhere it is skipped with the command t
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
-from gguf_helpers import reload
+from gguf_helpers import llama_cpp_or_skip, reload
 
 from tunesmith.cli.main import main
 
@@ -66,18 +65,8 @@ def test_reloaded_gguf_answers_as_the_merged_model(identity_gguf):
     assert NAME in answers[0], answers
 
 
-def _llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("llama-cpp-python is not installed: run bash scripts/llama_cpp_wheel.sh")
-    return llama_cpp
-
-
 def test_llama_cpp_answers_with_the_new_name_and_stops(identity_gguf):
-    llama_cpp = _llama_cpp()
+    llama_cpp = llama_cpp_or_skip()
     _, path = identity_gguf
     llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=2, seed=0, verbose=False)
     # the chat handler renders the GGUF's own tokenizer.chat_template (default system: Ada)
