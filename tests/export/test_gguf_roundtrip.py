@@ -29,7 +29,14 @@ def identity_gguf(tmp_path_factory):
     questions.write_text(json.dumps({"questions": [
         {"lang": "en", "question": "What is your name?", "asks": "name"}]}))  # fmt: skip
     prompts = root / "prompts.json"
-    prompts.write_text(json.dumps({"facts": [], "general": ["Name a colour."]}))
+    prompts.write_text(
+        json.dumps(
+            {
+                "facts": [{"prompt": "What is the capital of France?", "answers": ["paris"]}],
+                "general": ["Name a colour."],
+            }
+        )
+    )
     guard = root / "guard.txt"
     guard.write_text("Name a colour.\n")
     work = root / "work"
