@@ -14,9 +14,8 @@ llama.cpp and is written as is).
 
 Memory: tensor shapes come from the safetensors headers, so the whole file layout is known and
 checked before the first byte is written; then one tensor at a time is read, converted and
-appended. Peak memory follows the largest tensor (float32 + its converted copy or the quantizer's
-intermediates), never the
-model (measured in docs/export_and_chat.md). The file is written beside OUT and renamed into
+appended. Peak memory follows the largest tensor (float32 + its converted copy or the
+quantizer's intermediates), never the model (measured in docs/export_and_chat.md). The file is written beside OUT and renamed into
 place, so a failed export leaves nothing that looks whole.
 """
 
