@@ -299,3 +299,38 @@ def test_merge_gguf_writes_file_and_modelfile_beside(tmp_path, trained_lora, cap
     shutil.rmtree(merged)
     assert main(["convert", "merge", base_dir, str(adapter), str(merged), "--gguf", "q8_0"]) == 2
     assert "already exists" in capsys.readouterr().err and not merged.exists()
+
+
+@pytest.mark.parametrize("rope", ["default", "llama3"])
+def test_llama_cpp_logits_equal_source(tmp_path, rope):
+    """llama.cpp itself computes the source's logits from an f32 file: the q/k permutation,
+    and for Llama 3.1's `llama3` RoPE the rope_freqs factors, are what its graph expects."""
+    from gguf_helpers import llama_cpp_or_skip
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama_cpp = llama_cpp_or_skip()
+    tokenizer = llama3_tokenizer()
+    parameters = {"rope_type": "default", "rope_theta": 500000.0}
+    if rope == "llama3":
+        parameters.update(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, rope_parameters=parameters,
+                         bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    source = LlamaForCausalLM(config)
+    source.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    path = export_gguf(tmp_path / "model", tmp_path / "m.gguf", "f32").path
+    names = {t.name for t in gguf.GGUFReader(path).tensors}
+    assert ("rope_freqs.weight" in names) == (rope == "llama3")
+    ids = tokenizer(" ".join(SAMPLES[:3]))["input_ids"]
+    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, n_threads=2, verbose=False)
+    try:
+        llm.eval(ids)
+        got = torch.tensor(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    assert relative_error(got, logits(source, ids)) < 1e-3
