@@ -154,9 +154,9 @@ def test_eight_clients_a_third_leaving_mid_answer(server):
     print(f"load: {json.dumps(figures)}")
     assert tally.get("error", []) == []
     assert len(answered) >= 8 and figures["left_mid_answer"] >= 3
-    # /health + /v1/models, both, while 8 clients keep the model busy (on a shared 2-core box
-    # the worst probe waits for the OS scheduler, not for a generation)
-    assert statistics.median(probes) < 0.5 and max(probes) < 5
+    # /health + /v1/models, both, never wait for the generation queue: on a shared 2-core CI
+    # box (load 15+) their time is the OS scheduler's, so they are compared with an answer's
+    assert statistics.median(probes) < statistics.median(answered) / 3 and max(probes) < 5
     assert rss_end - rss_start < 64
     assert server.ask(max_tokens=4).status_code == 200
 
