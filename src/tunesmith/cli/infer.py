@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     webui = subparsers.add_parser("webui", help="chat in the browser (streamlit)")
     _model_args(webui)
     webui.add_argument("--host", default="127.0.0.1")
-    webui.add_argument("--port", type=int, default=8501)
+    webui.add_argument("--port", type=port, default=8501)
     webui.add_argument("--system", help="initial system prompt")
     webui.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     webui.set_defaults(func=run_webui)
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     )
     _model_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port, default=8000)
     serve.add_argument(
         "--api-key",
         default=os.environ.get("TUNESMITH_API_KEY"),
@@ -64,17 +64,49 @@ def register(subparsers) -> None:
     serve.set_defaults(func=run_serve)
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = at_least(1, int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = at_least(0.0, exclusive=True)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 1]")
+    return value
+
+
+def at_least(low: float, kind: type = float, exclusive: bool = False):
+    """An argparse type: a number of `kind` that is >= low (> low when `exclusive`)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < low or (exclusive and value == low):
+            raise argparse.ArgumentTypeError(f"{value} must be {'>' if exclusive else '>='} {low}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model directory, embedded alias or hub id")
     parser.add_argument("--adapter", metavar="DIR", help="a PEFT adapter dir to put on top")
 
 
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--top-k", type=int, default=40)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=at_least(0.0), default=0.7, help="0 = greedy")
+    parser.add_argument("--top-p", type=probability, default=0.9)
+    parser.add_argument("--top-k", type=at_least(0, int), default=40, help="0 = no limit")
+    parser.add_argument("--repetition-penalty", type=at_least(0.0, exclusive=True), default=1.0)
+    parser.add_argument("--max-new-tokens", type=at_least(1, int), default=512)
     parser.add_argument("--seed", type=int)
 
 

@@ -45,8 +45,12 @@ def check_files(
                 report.records += 1
                 try:
                     fmt, found = _conversations_of(record, entry.format, loc)
-                    conversations.extend(found)
                     report.formats[fmt] = report.formats.get(fmt, 0) + 1
+                    for conversation in found:
+                        if conversation.problem:  # training would leave it out
+                            report.errors.append(conversation.problem)
+                        else:
+                            conversations.append(conversation)
                 except UserError as exc:
                     report.errors.append(str(exc))
         except UserError as exc:  # the file itself is unreadable (missing, empty, bad JSON line)
@@ -62,9 +66,21 @@ def check_files(
             )
             report.lengths = [len(x) for x in ids]
             report.trainable = int(sum(int((lab != IGNORE).sum()) for lab in labels))
-            report.no_loss = sum(1 for lab in labels if not (lab[1:max_length] != IGNORE).any())
+            for conversation, lab in zip(conversations, labels, strict=True):
+                if not (lab[1:max_length] != IGNORE).any():
+                    report.no_loss += 1
+                    report.errors.append(_no_loss_message(conversation.source, lab, max_length))
         reports.append(report)
     return reports
+
+
+def _no_loss_message(loc: str, labels: np.ndarray, max_length: int) -> str:
+    if (labels[1:] != IGNORE).any():
+        return (
+            f"{loc}: no answer token is left within max_length={max_length} (the prompt takes "
+            f"it all); training leaves the record out: shorten it or raise data.max_length"
+        )
+    return f"{loc}: no answer carries loss; training leaves the record out"
 
 
 def _conversations_of(record: dict, fmt: str, loc: str) -> tuple[str, list]:
@@ -98,7 +114,7 @@ def format_report(reports: list[FileReport], max_length: int, template_name: str
         lines.append(f"truncated at max_length {max_length}: {truncated} of {len(lengths)} records")
         no_loss = sum(r.no_loss for r in reports)
         if no_loss:
-            lines.append(f"left out (no token with loss after truncation): {no_loss} records")
+            lines.append(f"left out (no token with loss within max_length): {no_loss} records")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ text training saw; export writes it into the tokenizer so every client
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 
@@ -385,12 +386,20 @@ def get_template(name: str, tokenizer=None) -> ChatTemplate:
         if tokenizer is None:
             raise UserError("template auto needs the model's tokenizer")
         return AutoTemplate(tokenizer)
-    template = _named(name, tokenizer)
-    if template is None:
-        raise UserError(
-            f"unknown template '{name}' (data.template); use one of {', '.join(TEMPLATE_NAMES)}"
-        )
-    return template
+    check_template_name(name)
+    return _named(name, tokenizer)
+
+
+def check_template_name(name: str) -> None:
+    """A UserError naming data.template when `name` is neither `auto` nor a known template."""
+    if name == "auto" or name in TEMPLATE_NAMES:
+        return
+    close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise UserError(
+        f"data.template: unknown template '{name}'; {hint}use auto (the tokenizer's own) or one "
+        f"of {', '.join(TEMPLATE_NAMES)}"
+    )
 
 
 def turn_stop_words(tokenizer) -> list[str]:

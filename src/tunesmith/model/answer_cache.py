@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from tunesmith.fileio import atomic_write_text
 from tunesmith.model.embedded import cache_root
 
 
@@ -56,7 +57,4 @@ class AnswerCache:
         if not self.path or not new:
             return
         self.entries.update({k: list(v) for k, v in new.items()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.path)
+        atomic_write_text(self.path, json.dumps(self.entries, ensure_ascii=False))

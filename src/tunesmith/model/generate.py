@@ -37,7 +37,7 @@ from transformers.generation.streamers import BaseStreamer
 from tunesmith.config.schema import ModelConfig, QuantizationConfig
 from tunesmith.errors import UserError
 from tunesmith.model.answer_cache import AnswerCache, weights_key
-from tunesmith.model.load import load_model, load_tokenizer, resolve_device
+from tunesmith.model.load import check_weights, load_model, load_tokenizer, resolve_device
 from tunesmith.model.resolve import resolve_model_path
 
 # Below this temperature sampling divides logits into inf/nan: it is greedy decoding.
@@ -171,6 +171,7 @@ def check_adapter_dir(adapter: str | Path) -> Path:
             f"{path} holds no adapter_config.json: pass a PEFT adapter directory "
             f"(made by `tunesmith convert pth_to_hf`)"
         )
+    check_weights(path, "adapter")
     return path
 
 

@@ -110,10 +110,11 @@ class TrainRecipe:
         from accelerate.utils import set_seed
 
         self.accelerator = self._setup_accelerator()
-        if self.dataset is None:
-            self._setup_guard()
+        self._check_inputs()  # everything checkable, before the first write or model load
         self.resume_from = ckpt.resolve_resume(self.resume, self.work_dir) if self.resume else None
         self._check_work_dir()
+        if self.dataset is None:
+            self._setup_guard()  # the run is accepted: the guard may write into the work dir
         set_seed(self.cfg.train.seed)
 
         from tunesmith.model.load import load_tokenizer
@@ -153,13 +154,46 @@ class TrainRecipe:
 
         return make_accelerator(self.cfg)
 
+    def _check_inputs(self) -> None:
+        """Config values, template name, model path, data files and work dir, checked before
+        anything is loaded or written; the guard's data file is planned (not yet made) so
+        the work dir's config can be compared."""
+        from tunesmith.data.general import planned_guard
+        from tunesmith.data.templates import check_template_name
+        from tunesmith.fileio import check_writable_dir
+        from tunesmith.model.resolve import resolve_model_path
+
+        cfg = self.cfg
+        if cfg.lora is None and cfg.quantization is not None:
+            raise UserError(
+                "quantization is set but lora is null: 4/8-bit weights cannot be fully "
+                "fine-tuned; add a lora part (QLoRA) or set quantization: null"
+            )
+        if cfg.preference is not None and cfg.guard.enabled:
+            raise UserError(
+                "guard.enabled: the forgetting guard mixes SFT records into the data; preference "
+                "tuning keeps the model close through its reference instead: set guard.enabled=false"
+            )
+        check_writable_dir(self.work_dir, "work dir")
+        check_template_name(cfg.data.template)
+        resolve_model_path(cfg.model.path, with_weights=False)
+        self.guard_records = 0
+        if self.dataset is None:
+            from tunesmith.data.formats import iter_records
+
+            if not cfg.data.files:
+                raise UserError("data.files is empty; list at least one .jsonl/.json/.parquet file")
+            for entry in cfg.data.files:  # exists, readable, a known type
+                next(iter_records(entry.path), None)
+            self.cfg, self.guard_records = planned_guard(cfg, self.work_dir)
+
     def _setup_guard(self) -> None:
         """Forgetting guard (config part `guard`): mix the base model's own answers to general
         prompts into the data files; made once per work dir (data/general.py)."""
-        from tunesmith.data.general import with_guard
+        from tunesmith.data.general import write_guard_mix
 
         with self.accelerator.main_process_first():
-            self.cfg = with_guard(self.cfg, self.work_dir)
+            self.cfg = write_guard_mix(self.cfg, self.work_dir, self.guard_records)
 
     def _setup_data(self) -> None:
         if self.dataset is None:
@@ -188,11 +222,6 @@ class TrainRecipe:
         cfg = self.cfg
         model_cfg = cfg.model
         dtype = None
-        if cfg.lora is None and cfg.quantization is not None:
-            raise UserError(
-                "quantization is set but lora is null: 4/8-bit weights cannot be fully "
-                "fine-tuned; add a lora part (QLoRA) or set quantization: null"
-            )
         if cfg.method == "full":
             if self.resume_from is not None:
                 model_cfg = model_cfg.model_copy(update={"path": str(self.resume_from / "model")})
