@@ -171,6 +171,11 @@ class TrainRecipe:
                 "quantization is set but lora is null: 4/8-bit weights cannot be fully "
                 "fine-tuned; add a lora part (QLoRA) or set quantization: null"
             )
+        if cfg.preference is not None and cfg.guard.enabled:
+            raise UserError(
+                "guard.enabled: the forgetting guard mixes SFT records into the data; preference "
+                "tuning keeps the model close through its reference instead: set guard.enabled=false"
+            )
         check_writable_dir(self.work_dir, "work dir")
         check_template_name(cfg.data.template)
         resolve_model_path(cfg.model.path, with_weights=False)
