@@ -337,6 +337,8 @@ CASES = [
          ("{d}/adapter/adapter_model.safetensors",)),
     Case("merge-adapter-config-not-json", lambda e: ["convert", "merge", str(e.model), str(_with_file(_adapter(e), "adapter_config.json", "{")), str(e.d / "out")],
          ("{d}/adapter/adapter_config.json",)),
+    Case("merge-out-inside-adapter", lambda e: ["convert", "merge", str(e.model), str(_adapter(e)), str(e.d / "adapter" / "merged")],
+         ("{d}/adapter/merged", "inside")),
     Case("pth-to-hf-out-inside-checkpoint", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.d / "work/iter_1/hf")],
          ("{d}/work/iter_1/hf", "inside")),
     Case("pth-to-hf-not-a-checkpoint", lambda e: ["convert", "pth_to_hf", str(e.config()), str(e.file("nock/x", "x").parent), str(e.d / "out")],
