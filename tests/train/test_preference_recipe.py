@@ -27,12 +27,13 @@ def pairs_file(tmp_path):
     return str(path)
 
 
-def _run(tiny_config, pairs_file, work_dir, preference, **parts):
+def _run(tiny_config, pairs_file, work_dir, preference, resume=None, **parts):
     from tunesmith.train.recipe import TrainRecipe
 
     data = {"files": [pairs_file], "cache_dir": str(work_dir.parent / "cache")}
+    data.update(parts.pop("data", {}))
     cfg = tiny_config(data=data, preference=preference, **parts)
-    recipe = TrainRecipe(cfg, work_dir)
+    recipe = TrainRecipe(cfg, work_dir, resume=resume)
     recipe.setup()
     return recipe, recipe.train()
 
@@ -64,6 +65,26 @@ def test_precomputed_reference_gives_the_same_run_as_the_live_one(
     assert (pre_dir / "reference_logps.safetensors").is_file()
     assert pre.losses == pytest.approx(live.losses, abs=1e-5)
     assert live.losses[-1] < live.losses[0]
+
+
+def test_resumed_preference_run_reproduces_the_uninterrupted_losses(
+    tiny_config, pairs_file, tmp_path
+):
+    import shutil
+
+    parts = {
+        "train": {"max_steps": 4, "batch_size": 1},
+        "data": {"pack_to_max_length": False},  # one pair a step: steps differ
+        "runtime": {"save_steps": 2, "save_total_limit": -1},
+    }
+    pref = {"reference": "precomputed"}
+    _, full = _run(tiny_config, pairs_file, tmp_path / "full", pref, **parts)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "iter_2", resumed_dir / "iter_2")
+    shutil.copy(tmp_path / "full" / "reference_logps.safetensors", resumed_dir)
+    _, resumed = _run(tiny_config, pairs_file, resumed_dir, pref, resume="auto", **parts)
+    assert resumed.losses == pytest.approx(full.losses, abs=1e-6)
 
 
 def test_two_micro_batches_of_one_pair_equal_one_batch_of_two(tiny_config, pairs_file, tmp_path):
