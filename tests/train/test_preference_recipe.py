@@ -50,6 +50,14 @@ def test_preference_run_logs_rewards_and_raises_the_margin(tiny_config, pairs_fi
     assert rows[-1]["margin"] > rows[0]["margin"] + 1e-3
     assert rows[-1]["accuracy"] == 1.0
     assert result.losses[-1] < result.losses[0]
+    if loss == "dpo":  # the checkpoint exports like an SFT one (convert pth_to_hf)
+        from tunesmith.export.adapter import export_checkpoint
+
+        out = tmp_path / "hf"
+        export_checkpoint(
+            str(tmp_path / loss / "config.yaml"), str(result.last_checkpoint), str(out)
+        )
+        assert (out / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 8, "alpha": 16, "dropout": 0.0}])
