@@ -304,6 +304,10 @@ CASES = [
          ("{d}/f", "is a file")),
     Case("convert-cfg-missing", lambda e: ["convert-cfg", str(e.d / "x.py"), str(e.d / "x.yaml")],
          ("{d}/x.py",)),
+    Case("eval-identity-json-is-dir", lambda e: ["eval", "identity", str(e.model), "--name", "Ada", "--author", "Me", "--json", str(e.d)],
+         ("{d}", "is a directory")),
+    Case("eval-retention-json-parent-is-file", lambda e: ["eval", "retention", str(e.model), "--base", str(e.model), "--json", str(e.file("f", "x") / "r.json")],
+         ("{d}/f", "is a file")),
     # ---- model directories (chat MODEL, convert merge) -------------------------------------
     Case("model-missing", lambda e: e.chat(e.d / "nope"),
          ("{d}/nope", "does not exist")),
