@@ -78,11 +78,20 @@ class ChatSampler:
     same loss curve as one without (and resumes exactly).
     """
 
-    def __init__(self, engine_factory, inputs: list[str], max_new_tokens: int, out: Path):
+    def __init__(
+        self,
+        engine_factory,
+        inputs: list[str],
+        max_new_tokens: int,
+        out: Path,
+        quiet: bool = False,
+    ):
+        """`quiet`: generate without printing or writing (the other ranks of a sharded run)."""
         self.engine_factory = engine_factory
         self.inputs = inputs
         self.max_new_tokens = max_new_tokens
         self.out = Path(out)
+        self.quiet = quiet
 
     def __call__(self, model: torch.nn.Module, step: int) -> list[dict]:
         if not self.inputs:
@@ -90,7 +99,8 @@ class ChatSampler:
         was_training = model.training
         model.eval()
         records = []
-        tqdm.write(f"--- chat samples at step {step} ---")
+        say = (lambda text: None) if self.quiet else tqdm.write
+        say(f"--- chat samples at step {step} ---")
         try:
             with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
                 engine = self.engine_factory(model)
@@ -104,9 +114,11 @@ class ChatSampler:
                     seconds = round(time.perf_counter() - start, 2)
                     record = {"step": step, "input": prompt, "output": answer, "seconds": seconds}
                     records.append(record)
-                    tqdm.write(f"user: {prompt}\nassistant: {answer}")
+                    say(f"user: {prompt}\nassistant: {answer}")
         finally:
             model.train(was_training)
+        if self.quiet:
+            return records
         with self.out.open("a") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
