@@ -44,9 +44,19 @@ def test_eval_identity_writes_a_report_with_every_answer(tmp_path, tiny_model_di
     report = json.loads(out.read_text())
     assert report["questions"] == 2 and len(report["answers"]) == 2
     assert set(report["by_lang"]) == {"en", "zh"}
-    assert 0.0 <= report["hit_rate"] <= 1.0
-    assert all(isinstance(a["answer"], str) for a in report["answers"])
-    assert "hit rate" in capsys.readouterr().out
+    assert 0.0 <= report["hit_rate"] <= report["keyword_hit_rate"] <= 1.0
+    assert set(report["failed_checks"]) == {
+        "keyword",
+        "language",
+        "stopped",
+        "repetition",
+        "author_role",
+    }
+    for a in report["answers"]:
+        assert isinstance(a["answer"], str) and isinstance(a["finished"], bool)
+        assert a["hit"] == (a["failed"] == []) == all(a["checks"].values())
+    out = capsys.readouterr().out
+    assert "identity rate (every check)" in out and "keyword hit rate" in out
 
 
 def test_eval_identity_on_embedded_alias_defaults_old_names():

@@ -117,6 +117,11 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def detect_format(record: dict, loc: str) -> str:
+    if {"chosen", "rejected", "preferred_output"} & record.keys():
+        raise UserError(
+            f"{loc}: a preference record (chosen / rejected); train pairs with a "
+            "`preference:` part in the config (e.g. preference: {loss: dpo})"
+        )
     if "conversation" in record:
         return "conversation"
     if "messages" in record:

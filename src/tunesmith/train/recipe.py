@@ -7,6 +7,8 @@
 Methods are LoRA / DoRA, QLoRA (bitsandbytes 4/8-bit base weights) and full fine-tuning.
 The loss of one optimizer step is the mean over every trainable token of all its
 accumulated micro-batches (`num_items_in_batch`), so 2 x batch 1 equals 1 x batch 2.
+With a `preference` part the same loop trains on chosen / rejected pairs: the loss of a
+step is the mean over its pairs of the DPO / IPO / ORPO / SimPO loss (train/preference.py).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class StepStats:
     lr: float
     tokens: int  # real tokens of the step, all processes together
     grad_norm: float
-    memory: dict = field(default_factory=dict)  # peak_gib, peak_gib_per_rank (CUDA only)
+    extra: dict = field(default_factory=dict)  # preference metrics; peak_gib (CUDA only)
 
 
 class TrainRecipe:
@@ -138,6 +140,7 @@ class TrainRecipe:
             (self.work_dir / "config.yaml").write_text(self._config_yaml())
             self._move_aside_newer_checkpoints()
         self.accelerator.wait_for_everyone()
+        self.objective = self._setup_objective() if self.cfg.preference else None
         self.metrics = (
             MetricsLogger(
                 self.work_dir, start_step=self.step, tensorboard=self.cfg.runtime.tensorboard
@@ -169,6 +172,8 @@ class TrainRecipe:
         if self.dataset is None:
             from tunesmith.data.dataset import build_dataset
 
+            if self.cfg.preference is not None:
+                from tunesmith.data.preference import build_preference_dataset as build_dataset
             with self.accelerator.main_process_first():  # rank 0 builds the cache, others read it
                 self.dataset = build_dataset(self.cfg, self.tokenizer)
         if len(self.dataset) == 0:
@@ -228,6 +233,48 @@ class TrainRecipe:
             )
         return model
 
+    def _setup_objective(self):
+        """Preference tuning: the loss and where its reference log-probs come from."""
+        from tunesmith.train import preference
+
+        pref = self.cfg.preference
+        reference = None
+        model = self.accelerator.unwrap_model(self.model)
+        if pref.loss in preference.REFERENCE_FREE:
+            pass
+        elif pref.reference == "precomputed":
+            reference = preference.PrecomputedReference(self._reference_table())
+        elif self.cfg.lora is not None and pref.reference == "auto":
+            reference = preference.AdapterDisabledReference(model)
+        else:
+            from tunesmith.model.load import load_model
+
+            frozen = load_model(self.cfg.model, device=str(self.accelerator.device))
+            reference = preference.FrozenCopyReference(optimize_for_training(frozen, self.cfg))
+        return preference.PreferenceObjective(pref, reference)
+
+    def _reference_table(self) -> torch.Tensor:
+        """Reference log-probs of every pair: computed before the first step, kept in work_dir
+        (a resumed run reads them: the model has moved since)."""
+        from safetensors.torch import load_file, save_file
+
+        from tunesmith.train.preference import precompute_reference
+
+        path = self.work_dir / "reference_logps.safetensors"
+        if path.is_file():
+            return load_file(str(path))["logps"]
+        if self.resume_from is not None:
+            raise UserError(
+                f"{path} is missing: the reference log-probs of this run are gone; "
+                "start over without --resume"
+            )
+        table = precompute_reference(
+            self.model, self.dataset, self.cfg.train.batch_size, self.accelerator.device
+        )
+        if self.is_main:
+            save_file({"logps": table}, str(path))
+        return table
+
     def _setup_optimizer(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train)
@@ -265,8 +312,14 @@ class TrainRecipe:
                 step_seconds += elapsed
                 tokens_per_s = stats.tokens / max(elapsed, 1e-9)
                 progress.update(1)
+                shown = {
+                    k: f"{v:.3f}" for k, v in stats.extra.items() if k in ("margin", "accuracy")
+                }
                 progress.set_postfix(
-                    loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
+                    loss=f"{stats.loss:.4f}",
+                    **shown,
+                    lr=f"{stats.lr:.2e}",
+                    tok_s=f"{tokens_per_s:,.0f}",
                 )
                 if self.metrics and self.step % cfg.runtime.logging_steps == 0:
                     self.metrics.log(
@@ -278,7 +331,7 @@ class TrainRecipe:
                             "tokens": stats.tokens,
                             "tokens_per_s": tokens_per_s,
                             "epoch": self.epoch,
-                            **stats.memory,
+                            **stats.extra,
                         },
                     )
                 if self.step % cfg.runtime.save_steps == 0 or stop.received is not None:
@@ -306,22 +359,34 @@ class TrainRecipe:
         """One optimizer step over the accumulated (batch, real tokens) micro-batches."""
         acc, model = self.accelerator, self.model
         batches = [batch for batch, _ in micro_batches]
-        # Trainable tokens of the whole step, over all processes: the loss denominator.
-        n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
-        n_items = acc.reduce(n_items, "sum") if acc.num_processes > 1 else n_items
+        if self.objective is None:
+            # Trainable tokens of the whole step, over all processes: the loss denominator.
+            n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
+            n_items = acc.reduce(n_items, "sum") if acc.num_processes > 1 else n_items
+        else:  # pairs (and chosen tokens) of the whole step
+            n_items = self.objective.denominators(batches)
+            if acc.num_processes > 1:
+                n_items.pairs = acc.reduce(n_items.pairs, "sum")
+                n_items.chosen_tokens = acc.reduce(n_items.chosen_tokens, "sum")
         step_loss = torch.zeros((), device=acc.device)
+        extra = torch.zeros(4, device=acc.device)
         # accelerate divides each backward by its accumulation count and DDP averages over
         # processes; the loss is already a mean over the whole step, so undo both.
         scale = acc.gradient_accumulation_steps * acc.num_processes
         for batch in batches:
             with acc.accumulate(model):
-                loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                if self.objective is None:
+                    loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                else:
+                    loss, sums = self.objective(model, batch, n_items)
+                    extra += sums
                 acc.backward(loss * scale)
             step_loss += loss.detach()
         tokens = torch.tensor(sum(n for _, n in micro_batches), device=acc.device)
         if acc.num_processes > 1:
             step_loss = acc.reduce(step_loss, "sum")
             tokens = acc.reduce(tokens, "sum")  # every process's tokens: tokens/s of the run
+            extra = acc.reduce(extra, "sum")
         # Checked before the update, so the weights of the last good step stay intact.
         check_finite(float(step_loss), self.step + 1, self.last_checkpoint)
         grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.train.max_norm)
@@ -330,7 +395,14 @@ class TrainRecipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
-        return StepStats(float(step_loss), lr, int(tokens), grad_norm, self._peak_memory())
+        stats = StepStats(float(step_loss), lr, int(tokens), grad_norm)
+        if self.objective is not None:
+            from tunesmith.train.preference import METRICS
+
+            means = (extra / n_items.pairs).tolist()
+            stats.extra = dict(zip(METRICS, means, strict=True))
+        stats.extra.update(self._peak_memory())
+        return stats
 
     def _peak_memory(self) -> dict:
         """Peak GPU memory of every process (GiB), for metrics.jsonl; nothing on a CPU."""
