@@ -59,6 +59,7 @@ def test_zero3_offload_offloads_optimizer_and_parameters():
     assert zero["stage"] == 3
     assert zero["offload_optimizer"]["device"] == "cpu"
     assert zero["offload_param"]["device"] == "cpu"
+    assert ds["zero_force_ds_cpu_optimizer"] is False  # torch's AdamW on the offloaded state
     assert ds["fp16"]["enabled"] is True and ds["bf16"]["enabled"] is False
 
 

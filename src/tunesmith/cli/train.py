@@ -50,16 +50,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from tunesmith.train.distributed import LAUNCHED_ENV, maybe_relaunch_distributed
-
-    if args.master_port is not None:
-        os.environ["PORT"] = str(args.master_port)
-    code = maybe_relaunch_distributed(sys.argv[1:])
-    if code is not None:
-        return code
-
     from tunesmith.config.loader import config_name, load_config
-    from tunesmith.train.recipe import TrainRecipe
+    from tunesmith.train.distributed import LAUNCHED_ENV, check_strategy, maybe_relaunch_distributed
 
     overrides = collect_overrides(args)
     if args.seed is not None:
@@ -67,6 +59,15 @@ def run(args) -> int:
     if args.deepspeed:
         overrides.append(f"train.deepspeed={args.deepspeed}")
     cfg = load_config(args.config, overrides)
+    check_strategy(cfg)  # before a launcher starts processes that would each fail alone
+    if args.master_port is not None:
+        os.environ["PORT"] = str(args.master_port)
+    code = maybe_relaunch_distributed(sys.argv[1:])
+    if code is not None:
+        return code
+
+    from tunesmith.train.recipe import TrainRecipe
+
     work_dir = (
         args.work_dir or cfg.runtime.work_dir or str(Path("work_dirs") / config_name(args.config))
     )

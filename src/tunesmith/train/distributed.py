@@ -111,11 +111,16 @@ def _zero_preset(stage: int, offload: bool) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         if stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {
+    ds = {
         "zero_optimization": zero,
         "fp16": {"enabled": "auto", "initial_scale_power": 16},
         "bf16": {"enabled": "auto"},
     }
+    if offload:
+        # torch's AdamW (fused on CPU) steps the offloaded fp32 state; DeepSpeed's own CPU Adam
+        # needs its C++ ops compiled, and DeepSpeed refuses another optimizer unless told
+        ds["zero_force_ds_cpu_optimizer"] = False
+    return ds
 
 
 def _read_json(path: Path) -> dict:
@@ -162,14 +167,7 @@ def accelerator_kwargs(
     strategy = deepspeed or cfg.train.deepspeed
     if not strategy:
         return kwargs
-    name = strategy_name(strategy)
-    _check_sharding(name, cfg)
-    if not cuda:
-        raise UserError(
-            f"--deepspeed {strategy} needs CUDA GPUs and none was found (accelerate runs DeepSpeed "
-            "and FSDP on GPUs only); on a CPU leave it unset: several processes (NPROC_PER_NODE=2) "
-            "then train with DDP"
-        )
+    name = check_strategy(cfg, strategy, cuda)
     world_size = _env_int(os.environ, "WORLD_SIZE", 1) if world_size is None else world_size
     if world_size == 1 and name in ZERO_PRESETS and not ZERO_PRESETS[name][1]:
         log.warning(
@@ -196,6 +194,25 @@ def accelerator_kwargs(
         hf_ds_config=deepspeed_config(name, cfg, precision)
     )
     return kwargs
+
+
+def check_strategy(cfg, strategy: str | None = None, cuda: bool | None = None) -> str | None:
+    """The canonical strategy of `strategy` (else `train.deepspeed`), or a UserError for one
+    that cannot run here: checked by the launcher too, before any process starts."""
+    import torch
+
+    strategy = strategy or cfg.train.deepspeed
+    if not strategy:
+        return None
+    name = strategy_name(strategy)
+    _check_sharding(name, cfg)
+    if not (torch.cuda.is_available() if cuda is None else cuda):
+        raise UserError(
+            f"--deepspeed {strategy} needs CUDA GPUs and none was found (accelerate runs DeepSpeed "
+            "and FSDP on GPUs only); on a CPU leave it unset: several processes (NPROC_PER_NODE=2) "
+            "then train with DDP"
+        )
+    return name
 
 
 def _check_sharding(name: str, cfg) -> None:
@@ -229,12 +246,17 @@ def make_accelerator(cfg, deepspeed: str | None = None):
         # DeepSpeed and FSDP want a process group even for one process
         for key, value in single_process_env(os.environ).items():
             os.environ.setdefault(key, value)
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
     # torch's own timeout comes a minute after CollectiveWatchdog's, which names rank and step
     timeout = timedelta(seconds=cfg.runtime.collective_timeout + 60)
-    return Accelerator(**kwargs, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    accelerator = Accelerator(**kwargs, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    if accelerator.device.type == "cuda":
+        # "cuda" without an index (kernels, new tensors) means this process's GPU
+        torch.cuda.set_device(accelerator.device)
+    return accelerator
 
 
 def engine_name(accelerator) -> str | None:
@@ -313,11 +335,20 @@ def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _free_port() -> int:
+    """A port nobody listens on, below Linux's ephemeral range (32768-60999): a port the
+    kernel hands out for outgoing connections (NCCL's, another run's) can be taken between
+    this check and torchrun's bind (seen: EADDRINUSE with 18 runs side by side)."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise UserError("no free port in 20000-31999 for the rank-0 process: set PORT")
 
 
 # ---- NPROC_PER_NODE=N tunesmith train ... -----------------------------------------------------

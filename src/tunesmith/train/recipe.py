@@ -127,7 +127,6 @@ class TrainRecipe:
         self._setup_data()
         self.model = self._setup_model()
         self.optimizer, self.scheduler = self._setup_optimizer()
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._setup_checkpointing()
 
         self.step, self.losses = 0, []
@@ -223,7 +222,9 @@ class TrainRecipe:
             )
             model.config.use_cache = False
         # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU
-        model = optimize_for_training(model, cfg)
+        # no fused linear cross-entropy under ZeRO-3 / FSDP2: it reads the output head's weight
+        # outside the head's forward, where those engines gather it (seen on H200s)
+        model = optimize_for_training(model, cfg, fused_loss=not shards_weights(self.accelerator))
         model.train()
         if self.is_main:
             trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
@@ -276,8 +277,12 @@ class TrainRecipe:
         return table
 
     def _setup_optimizer(self):
+        """AdamW, prepared with the model (DDP / DeepSpeed / FSDP2), then the schedule on the
+        prepared optimizer: DeepSpeed ZeRO-3 regroups the parameters (seen on H200s: a schedule
+        made before `prepare` steps a group count that no longer exists)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train)
+        self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
         # Not given to accelerate: its scheduler wrapper steps once per process.
         scheduler = build_scheduler(optimizer, self.total_steps, self.cfg.train.warmup_ratio)
         return optimizer, scheduler
@@ -301,7 +306,8 @@ class TrainRecipe:
                 unit="step",
                 disable=not self.is_main,
             )
-            while self.step < self.total_steps and stop.received is None:
+            stopping = None  # the signal that stops the run, agreed by every rank
+            while self.step < self.total_steps and stopping is None:
                 step_start = time.perf_counter()
                 watchdog.progress(f"step {self.step + 1}")
                 stats = self._train_step([next(data) for _ in range(accum)])
@@ -334,7 +340,8 @@ class TrainRecipe:
                             **stats.extra,
                         },
                     )
-                if self.step % cfg.runtime.save_steps == 0 or stop.received is not None:
+                stopping = self._agree_on_stop(stop.received)
+                if self.step % cfg.runtime.save_steps == 0 or stopping is not None:
                     watchdog.progress(f"checkpoint save at step {self.step}")
                     self.save_checkpoint()
                 if self.step % cfg.runtime.evaluation_freq == 0:
@@ -343,16 +350,30 @@ class TrainRecipe:
             if self.saved_step != self.step:
                 watchdog.progress(f"checkpoint save at step {self.step}")
                 self.save_checkpoint()
-            if stop.received is None and self.step % cfg.runtime.evaluation_freq:
-                self._sample(watchdog)
+            if stopping is None and (
+                self.sample_after_training or self.step % cfg.runtime.evaluation_freq
+            ):
+                self._sample(watchdog, final=True)
         seconds = time.perf_counter() - start_time
-        return self._finish(tokens, seconds, step_seconds, stop.received)
+        return self._finish(tokens, seconds, step_seconds, stopping)
 
-    def _sample(self, watchdog: CollectiveWatchdog) -> None:
-        """Chat samples: on rank 0, or on every rank in step when ZeRO-3 / FSDP2 shard the
-        weights (each forward gathers them from all ranks); rank 0 prints and writes."""
+    def _agree_on_stop(self, received: int | None) -> int | None:
+        """The signal any rank received, on every rank: a signal reaches the ranks at slightly
+        different times, and a rank that stopped a step before the others would wait in the
+        save's barrier while they wait in the next step's all-reduce."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return received
+        flag = acc.reduce(torch.tensor(received or 0, device=acc.device), "max")
+        return int(flag) or None
+
+    def _sample(self, watchdog: CollectiveWatchdog, final: bool = False) -> None:
+        """Chat samples on rank 0; under ZeRO-3 / FSDP2 once after training, every rank in
+        step (each forward gathers the sharded weights), rank 0 printing and writing."""
+        if self.sample_after_training and not final:
+            return
         watchdog.progress(f"chat samples at step {self.step}")
-        if self.sample_on_all_ranks or self.is_main:
+        if self.sample_after_training or self.is_main:
             self.chat_samples(self.accelerator.unwrap_model(self.model), self.step)
 
     def _train_step(self, micro_batches: list[tuple[dict, int]]) -> StepStats:
@@ -461,9 +482,16 @@ class TrainRecipe:
         DeepSpeed / FSDP2, accelerate saves the engine's own shards of weights and optimizer.
         """
         acc = self.accelerator
-        self.sample_on_all_ranks = shards_weights(acc) and bool(self.cfg.runtime.evaluation_inputs)
-        if self.sample_on_all_ranks and self.is_main:
-            print(f"chat samples: every rank takes part ({self.engine} shards the weights)")
+        # Generation runs in inference mode: gathered weights it leaves behind cannot be trained
+        # on again (seen on H200s under ZeRO-3 offload and FSDP2), so sample after the last step.
+        self.sample_after_training = shards_weights(acc) and bool(
+            self.cfg.runtime.evaluation_inputs
+        )
+        if self.sample_after_training and self.is_main:
+            print(
+                f"chat samples: once after training, every rank taking part ({self.engine} "
+                "shards the weights)"
+            )
         if self.engine is None:
             acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
             acc.register_load_state_pre_hook(lambda models, in_dir: models.clear())
