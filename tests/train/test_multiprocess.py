@@ -168,3 +168,16 @@ def test_watchdog_ends_a_rank_that_waits_too_long_naming_rank_and_step(tmp_path)
     assert done.returncode == 2
     assert "error: rank 1: step 3 waited more than 0.5 s" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_launcher_refuses_a_strategy_before_starting_any_process(
+    config_file, tmp_path, monkeypatch, capsys
+):
+    from tunesmith.cli.main import main
+
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    code = main(["train", str(config_file), "quantization.bits=4", "--deepspeed", "zero3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "zero2" in err and "launching" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
