@@ -151,3 +151,21 @@ def test_a_pair_truncated_to_no_answer_is_dropped_whole(pair_config, smollm_toke
     assert dataset.num_pairs == 1 and dataset.summary["dropped"] == 1
     assert dataset.num_documents == 2
     assert np.array_equal(dataset.documents_of_row(0), [0, 1])
+
+
+def test_data_check_and_show_handle_pairs(tmp_path, tiny_model_dir, capsys):
+    from tunesmith.cli.main import main
+
+    good = _write(tmp_path, [LAYOUTS[k] for k in LAYOUTS])
+    model = ["--model", str(tiny_model_dir)]
+    assert main(["data", "check", good, *model]) == 0
+    out = capsys.readouterr().out
+    assert "6 records (preference alpaca 1, preference openai 1, preference prompt 3" in out
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    assert main(["data", "show", good, cache, *model, "--index", "5", "--show", "text"]) == 0
+    out = capsys.readouterr().out
+    assert "pair 5 of 6" in out and out.index(GOOD) < out.index("===== rejected") < out.index(BAD)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": USER, "chosen": GOOD, "rejected": GOOD}) + "\n")
+    assert main(["data", "check", str(bad), *model]) == 2
+    assert "bad.jsonl:1: 'chosen' and 'rejected' are the same" in capsys.readouterr().out

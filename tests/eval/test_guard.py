@@ -51,14 +51,14 @@ def fake_base(monkeypatch):
     """Base answers without a model; counts how often the base is asked."""
     calls = []
 
-    def fake_load(model, adapter=None, device="auto"):
+    def fake_load(cls, model, adapter=None, **kwargs):
         calls.append(model)
         return object()
 
     def fake_distill(lm, prompts, max_new_tokens):
         return [{"conversation": [{"input": p, "output": f"answer to {p}"}]} for p in prompts[:3]]
 
-    monkeypatch.setattr("tunesmith.eval.generate.load_for_eval", fake_load)
+    monkeypatch.setattr(general.Generator, "load", classmethod(fake_load))
     monkeypatch.setattr(general, "distill", fake_distill)
     return calls
 
@@ -83,7 +83,7 @@ def test_shipped_references_replace_the_base_for_chinese_prompts(tmp_path, monke
         asked.extend(prompts)
         return []
 
-    monkeypatch.setattr("tunesmith.eval.generate.load_for_eval", lambda model: object())
+    monkeypatch.setattr(general.Generator, "load", classmethod(lambda cls, model: object()))
     monkeypatch.setattr(general, "distill", fake_distill)
     records = general.base_answers(_cfg(tmp_path), tmp_path / "work")
     references = general.load_references()
@@ -118,17 +118,19 @@ def test_guard_keeps_only_base_answers_fit_to_train_on():
 
 
 def test_distill_drops_unacceptable_answers_and_trims_cut_ones(monkeypatch):
-    from tunesmith.eval import generate
+    from tunesmith.model.generate import Answer
 
     answers = {
-        "中国的首都是哪里？": ("The capital is Beijing.", True),
-        "给我讲一个笑话。": ("给我讲一个笑话。给我讲一个笑话。", True),
-        "What is 3 plus 4?": ("3 plus 4 is 7. Then we add", False),
-        "Name a colour.": ("Blue.", True),
+        "中国的首都是哪里？": Answer("The capital is Beijing.", "stop"),
+        "给我讲一个笑话。": Answer("给我讲一个笑话。给我讲一个笑话。", "stop"),
+        "What is 3 plus 4?": Answer("3 plus 4 is 7. Then we add", "length"),
+        "Name a colour.": Answer("Blue.", "stop"),
     }
-    monkeypatch.setattr(
-        generate, "greedy_generate", lambda lm, prompts, **kw: [answers[p] for p in prompts]
-    )
-    records = general.distill(object(), list(answers), max_new_tokens=16)
+
+    class Base:
+        def greedy_answers(self, prompts, **kwargs):
+            return [answers[p] for p in prompts]
+
+    records = general.distill(Base(), list(answers), max_new_tokens=16)
     kept = [(r["conversation"][0]["input"], r["conversation"][0]["output"]) for r in records]
     assert kept == [("What is 3 plus 4?", "3 plus 4 is 7."), ("Name a colour.", "Blue.")]

@@ -97,6 +97,16 @@ def test_qlora_dpo_trains_on_cpu(tiny_config, pairs_file, tmp_path):
     assert (result.last_checkpoint / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_preference_with_the_forgetting_guard_is_refused_before_any_write(
+    tiny_config, pairs_file, tmp_path
+):
+    from tunesmith.errors import UserError
+
+    with pytest.raises(UserError, match="guard.enabled"):
+        _run(tiny_config, pairs_file, tmp_path / "run", {}, guard={"enabled": True})
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_dpo_on_the_embedded_model_raises_the_margin(tmp_path, pairs_file):
     """A few CPU steps of LoRA DPO on SmolLM2-135M-Instruct (~1 min on 2 cores)."""

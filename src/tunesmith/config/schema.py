@@ -21,6 +21,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The chat templates built into tunesmith.data.templates (`auto`: the tokenizer's own).
+TEMPLATE_NAMES = (
+    "auto",
+    "chatml",
+    "default",
+    "internlm2_chat",
+    "llama3_chat",
+    "qwen_chat",
+    "zephyr",
+)
+
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -38,6 +49,10 @@ class ModelConfig(_Part):
     trust_remote_code: bool = False
     # Fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA.
     use_liger: bool | Literal["auto"] = "auto"
+    # Tokens to add to the tokenizer as special tokens (e.g. ["<tool_call>", "</tool_call>"]):
+    # the embeddings and output head are resized and trained in full (peft modules_to_save),
+    # saved in the adapter, and written by merge with the new vocab_size.
+    special_tokens: list[str] | None = None
 
 
 class QuantizationConfig(_Part):

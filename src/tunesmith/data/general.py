@@ -25,6 +25,8 @@ from pathlib import Path
 from tunesmith.config.schema import Config, DataFile
 from tunesmith.data.fluency import answered_in, language_of, repetition
 from tunesmith.errors import UserError, where
+from tunesmith.fileio import atomic_write_text, read_text
+from tunesmith.model.generate import Generator
 
 GUARD_DIR = "guard"
 _SENTENCE_END = re.compile(r"[.!?。！？\n]")
@@ -41,7 +43,7 @@ def load_general_prompts(path: str | Path | None = None) -> list[str]:
         raise UserError(
             f"guard.prompts: {path} does not exist; give a file of prompts or leave it null"
         )
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "guard.prompts file")
     if path.suffix == ".json":
         try:
             doc = json.loads(text)
@@ -87,18 +89,16 @@ def acceptable(prompt: str, answer: str) -> bool:
     )
 
 
-def distill(lm, prompts: list[str], max_new_tokens: int) -> list[dict]:
+def distill(generator: Generator, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Conversation records: each prompt with the model's own greedy answer (no system:
     training gives them the config's system prompt, so the new identity asks for them).
     Answers that fail `acceptable` are left out."""
-    from tunesmith.eval.generate import greedy_generate
-
-    answers = greedy_generate(
-        lm, prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
+    answers = generator.greedy_answers(
+        prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
     )
     records = []
-    for prompt, (text, finished) in zip(prompts, answers, strict=True):
-        text = text if finished else whole_sentences(text)
+    for prompt, answer in zip(prompts, answers, strict=True):
+        text = answer.text if answer.finished else whole_sentences(answer.text)
         if acceptable(prompt, text):
             records.append({"conversation": [{"input": prompt, "output": text}]})
     return records
@@ -133,12 +133,10 @@ def base_answers(cfg: Config, work_dir: str | Path) -> list[dict]:
     if answers.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         return [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
 
-    from tunesmith.eval.generate import load_for_eval
-
     asked = [p for p in prompts if p not in references]
     records = []
     if asked:
-        records = distill(load_for_eval(cfg.model.path), asked, cfg.guard.max_new_tokens)
+        records = distill(Generator.load(cfg.model.path), asked, cfg.guard.max_new_tokens)
     records += [
         {"conversation": [{"input": p, "output": references[p]}]}
         for p in prompts
@@ -146,8 +144,46 @@ def base_answers(cfg: Config, work_dir: str | Path) -> list[dict]:
     ]
     out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(answers, records)
-    key_file.write_text(json.dumps(key))
+    atomic_write_text(key_file, json.dumps(key))
     return records
+
+
+def mix_path(work_dir: str | Path) -> Path:
+    return Path(work_dir) / GUARD_DIR / "general_mix.jsonl"
+
+
+def planned_guard(cfg: Config, work_dir: str | Path) -> tuple[Config, int]:
+    """(`cfg` with the guard's mix file in data.files, records the mix will hold); nothing
+    is generated or written, so a run can be checked (and refused) before that work.
+
+    Reads the data files (to count records) and the prompts file: their mistakes show here.
+    Unchanged (and 0) when the guard is off or already planned."""
+    if not cfg.guard.enabled or cfg.guard.ratio == 0:
+        return cfg, 0
+    load_general_prompts(cfg.guard.prompts)
+    mix = mix_path(work_dir)
+    if any(Path(f.path) == mix for f in cfg.data.files):
+        return cfg, 0
+    wanted = mix_size(cfg.guard.ratio, count_records(cfg))
+    if wanted == 0:
+        return cfg, 0
+    data = cfg.data.model_copy(update={"files": [*cfg.data.files, DataFile(path=str(mix))]})
+    return cfg.model_copy(update={"data": data}), wanted
+
+
+def write_guard_mix(cfg: Config, work_dir: str | Path, wanted: int) -> Config:
+    """Generate (or reuse) the base model's answers and write the mix of `wanted` records
+    planned by `planned_guard`; returns `cfg`, without the mix file when the base model
+    gave no usable answer."""
+    mix = mix_path(work_dir)
+    if wanted == 0:
+        return cfg
+    records = base_answers(cfg, work_dir)
+    if not records:
+        files = [f for f in cfg.data.files if Path(f.path) != mix]
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"files": files})})
+    _write_jsonl(mix, [records[i % len(records)] for i in range(wanted)])
+    return cfg
 
 
 def with_guard(cfg: Config, work_dir: str | Path) -> Config:
@@ -155,24 +191,9 @@ def with_guard(cfg: Config, work_dir: str | Path) -> Config:
 
     The mix holds `guard.ratio` general records per identity record, cycling through
     the distilled answers. Calling it again with the same work dir adds nothing twice."""
-    if not cfg.guard.enabled or cfg.guard.ratio == 0:
-        return cfg
-    mix = Path(work_dir) / GUARD_DIR / "general_mix.jsonl"
-    if any(Path(f.path) == mix for f in cfg.data.files):
-        return cfg
-    wanted = mix_size(cfg.guard.ratio, count_records(cfg))
-    records = base_answers(cfg, work_dir)
-    if not records or wanted == 0:
-        return cfg
-    _write_jsonl(mix, [records[i % len(records)] for i in range(wanted)])
-    data = cfg.data.model_copy(update={"files": [*cfg.data.files, DataFile(path=str(mix))]})
-    return cfg.model_copy(update={"data": data})
+    planned, wanted = planned_guard(cfg, work_dir)
+    return write_guard_mix(planned, work_dir, wanted)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-    )
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

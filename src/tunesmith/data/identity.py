@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 
 ASSETS = Path(__file__).parent / "assets" / "identity.json"
 LANGUAGES = ("zh", "en")
@@ -99,10 +100,4 @@ def generate_identity(
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -257,22 +257,26 @@ def evaluate_identity(
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> dict:
     """Ask every question greedily and score the answers (see `summarize`)."""
-    from tunesmith.eval.generate import greedy_generate
-
     questions = questions or load_questions()
-    answers = greedy_generate(
-        lm,
+    answers = lm.greedy_answers(
         [q.question for q in questions],
         system=system,
         max_new_tokens=max_new_tokens,
         desc="identity questions",
     )
     scored = [
-        score_answer(q, text, name, author, old_names, finished)
-        for q, (text, finished) in zip(questions, answers, strict=True)
+        score_answer(q, a.text, name, author, old_names, a.finished)
+        for q, a in zip(questions, answers, strict=True)
     ]
     return {
         **summarize(scored, name, author, old_names),
         "system": system,
         "max_new_tokens": max_new_tokens,
     }
+
+
+def default_old_names(model: str) -> list[str]:
+    """The name and maker an embedded model answers with before tuning ([] for others)."""
+    from tunesmith.model.embedded import EMBEDDED
+
+    return list(EMBEDDED[model].identity) if model in EMBEDDED else []

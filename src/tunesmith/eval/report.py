@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunesmith.fileio import atomic_write_text
+
 
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
@@ -73,11 +75,7 @@ def retention_text(report: dict, answers: bool = True) -> str:
 
 
 def write_json(report: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(report, ensure_ascii=False, indent=2))
 
 
 def _frac(hits: int, total: int) -> str:

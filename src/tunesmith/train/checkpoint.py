@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 
 STATE_FILE = "trainer_state.json"
 _ITER = re.compile(r"^iter_(\d+)$")
@@ -32,6 +33,7 @@ _ITER = re.compile(r"^iter_(\d+)$")
 # refused on resume. Every other change (lr, max_steps, save_steps, ...) is reported and accepted.
 INCOMPATIBLE = (
     "model.path",
+    "model.special_tokens",  # the vocabulary, so the embedding and head shapes
     "lora",  # LoRA <-> full fine-tuning
     "lora.r",
     "lora.target_modules",
@@ -111,7 +113,7 @@ def commit(work_dir: str | Path, step: int, state: dict, keep: int = -1) -> Path
     if final.exists():  # e.g. a resumed run saving the same step again
         delete(final)
     os.replace(tmp, final)
-    write_text_atomic(work_dir / "latest", final.name + "\n")
+    atomic_write_text(work_dir / "latest", final.name + "\n")
     rotate(work_dir, keep, protect=final)
     return final
 
@@ -161,7 +163,7 @@ def move_aside_newer(work_dir: str | Path, resumed: Path) -> Path | None:
     aside.mkdir()
     for path in newer:
         os.replace(path, aside / path.name)
-    write_text_atomic(work_dir / "latest", resumed.name + "\n")
+    atomic_write_text(work_dir / "latest", resumed.name + "\n")
     return aside
 
 
@@ -235,15 +237,8 @@ def _show(value) -> str:
 # ---- small files -------------------------------------------------------------------------------
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path` and rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_state(ckpt: Path) -> dict:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.train.checkpoint import write_text_atomic
+from tunesmith.fileio import atomic_write_text
 
 
 class MetricsLogger:
@@ -65,7 +65,7 @@ def _truncate_after(path: Path, step: int) -> None:
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
     # atomic: a kill mid-rewrite leaves the old file whole
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _plain(value):

@@ -24,8 +24,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from tunesmith.config.schema import Config
+from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
 from tunesmith.model.fast import optimize_for_training
+from tunesmith.model.generate import Generator
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import (
     CollectiveWatchdog,
@@ -115,15 +117,18 @@ class TrainRecipe:
 
         self.accelerator = self._setup_accelerator()
         self.engine = engine_name(self.accelerator)
-        if self.dataset is None:
-            self._setup_guard()
+        self._check_inputs()  # everything checkable, before the first write or model load
         self.resume_from = ckpt.resolve_resume(self.resume, self.work_dir) if self.resume else None
         self._check_work_dir()
+        if self.dataset is None:
+            self._setup_guard()  # the run is accepted: the guard may write into the work dir
         set_seed(self.cfg.train.seed)
 
         from tunesmith.model.load import load_tokenizer
 
-        self.tokenizer = load_tokenizer(self.cfg.model.path, self.cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            self.cfg.model.path, self.cfg.model.trust_remote_code, self.cfg.model.special_tokens
+        )
         self._setup_data()
         self.model = self._setup_model()
         self.optimizer, self.scheduler = self._setup_optimizer()
@@ -148,7 +153,7 @@ class TrainRecipe:
             else None
         )
         self.chat_samples = ChatSampler(
-            self._make_engine,
+            self._make_generator,
             self.cfg.runtime.evaluation_inputs,
             self.cfg.runtime.evaluation_max_new_tokens,
             self.work_dir / "chat_samples.jsonl",
@@ -159,13 +164,46 @@ class TrainRecipe:
         """accelerate, with DDP / DeepSpeed / FSDP2 when launched for them (train/distributed.py)."""
         return make_accelerator(self.cfg)
 
+    def _check_inputs(self) -> None:
+        """Config values, template name, model path, data files and work dir, checked before
+        anything is loaded or written; the guard's data file is planned (not yet made) so
+        the work dir's config can be compared."""
+        from tunesmith.data.general import planned_guard
+        from tunesmith.data.templates import check_template_name
+        from tunesmith.fileio import check_writable_dir
+        from tunesmith.model.resolve import resolve_model_path
+
+        cfg = self.cfg
+        if cfg.lora is None and cfg.quantization is not None:
+            raise UserError(
+                "quantization is set but lora is null: 4/8-bit weights cannot be fully "
+                "fine-tuned; add a lora part (QLoRA) or set quantization: null"
+            )
+        if cfg.preference is not None and cfg.guard.enabled:
+            raise UserError(
+                "guard.enabled: the forgetting guard mixes SFT records into the data; preference "
+                "tuning keeps the model close through its reference instead: set guard.enabled=false"
+            )
+        check_writable_dir(self.work_dir, "work dir")
+        check_template_name(cfg.data.template)
+        resolve_model_path(cfg.model.path, with_weights=False)
+        self.guard_records = 0
+        if self.dataset is None:
+            from tunesmith.data.formats import iter_records
+
+            if not cfg.data.files:
+                raise UserError("data.files is empty; list at least one .jsonl/.json/.parquet file")
+            for entry in cfg.data.files:  # exists, readable, a known type
+                next(iter_records(entry.path), None)
+            self.cfg, self.guard_records = planned_guard(cfg, self.work_dir)
+
     def _setup_guard(self) -> None:
         """Forgetting guard (config part `guard`): mix the base model's own answers to general
         prompts into the data files; made once per work dir (data/general.py)."""
-        from tunesmith.data.general import with_guard
+        from tunesmith.data.general import write_guard_mix
 
         with self.accelerator.main_process_first():
-            self.cfg = with_guard(self.cfg, self.work_dir)
+            self.cfg = write_guard_mix(self.cfg, self.work_dir, self.guard_records)
 
     def _setup_data(self) -> None:
         if self.dataset is None:
@@ -189,16 +227,11 @@ class TrainRecipe:
             self.total_steps = max(1, math.ceil(epochs_of_micro / accum))
 
     def _setup_model(self) -> torch.nn.Module:
-        from tunesmith.model.load import load_model
+        from tunesmith.model.load import fit_embeddings, load_model
 
         cfg = self.cfg
         model_cfg = cfg.model
         dtype = None
-        if cfg.lora is None and cfg.quantization is not None:
-            raise UserError(
-                "quantization is set but lora is null: 4/8-bit weights cannot be fully "
-                "fine-tuned; add a lora part (QLoRA) or set quantization: null"
-            )
         if cfg.method == "full":
             if self.resume_from is not None:
                 model_cfg = model_cfg.model_copy(update={"path": str(self.resume_from / "model")})
@@ -210,11 +243,16 @@ class TrainRecipe:
             device=str(self.accelerator.device),  # this process's GPU under torchrun
             dtype=dtype,
         )
+        # special tokens added (model.special_tokens): new rows, trained in full with LoRA
+        resized = fit_embeddings(model, self.tokenizer)
         if cfg.lora is not None:
-            from tunesmith.model.adapters import apply_lora
+            from tunesmith.model.adapters import apply_lora, embedding_modules
 
             model = apply_lora(
-                model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing
+                model,
+                cfg.lora,
+                gradient_checkpointing=cfg.train.gradient_checkpointing,
+                modules_to_save=embedding_modules(model) if resized else None,
             )
         elif cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(
@@ -624,12 +662,9 @@ class TrainRecipe:
 
         return dump_config(self.cfg)
 
-    def _make_engine(self, model):
-        from tunesmith.infer.engine import Engine
-
-        return Engine(
-            model, self.tokenizer, template=self.cfg.data.template, system=self.cfg.data.system
-        )
+    def _make_generator(self, model) -> Generator:
+        template = get_template(self.cfg.data.template, self.tokenizer)
+        return Generator(model, self.tokenizer, template, system=self.cfg.data.system)
 
     def _finish(
         self, tokens: int, seconds: float, step_seconds: float, signum: int | None
