@@ -172,6 +172,16 @@ def test_metadata_tokenizer_and_template(smollm_export, small_llama, smollm_toke
     assert q4["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
 
 
+def test_files_get_the_mode_a_plain_write_gives(smollm_export):
+    """Written through a temp file (mkstemp makes 0600), yet readable like any other file."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (smollm_export, smollm_export.with_suffix(".Modelfile")):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
 def test_qwen2_with_biases_tied_head_and_padded_vocab(tmp_path):
     from transformers import AutoModelForCausalLM
 

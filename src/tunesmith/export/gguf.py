@@ -22,8 +22,6 @@ place, so a failed export leaves nothing that looks whole.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from tqdm import tqdm
 
 from tunesmith.errors import UserError
 from tunesmith.export.shards import weight_files
+from tunesmith.fileio import atomic_file, atomic_write_text
 from tunesmith.model import internlm2
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
@@ -139,36 +138,25 @@ def export_gguf(
     text = modelfile_text(tokenizer, out.name) if modelfile else None
 
     writer_arch = gguf.MODEL_ARCH_NAMES[arch]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(tmp, writer_arch)
-        _add_model_metadata(writer, config, model_dir, outtype)
-        _add_tokenizer_metadata(writer, vocab, tokenizer)
-        for t in tensors:
-            shape = (
-                gguf.quant_shape_to_byte_shape(t.shape, t.qtype) if _quantized(t.qtype) else t.shape
-            )
-            nbytes = int(np.prod(shape)) * (1 if _quantized(t.qtype) else _ITEM_SIZE[t.qtype])
-            writer.add_tensor_info(t.name, t.shape, np.float32, nbytes, raw_dtype=t.qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in tqdm(tensors, desc=f"writing GGUF ({outtype})", unit="tensor"):
-            writer.write_tensor_data(_convert(t.read(), t.qtype))
-        writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would have given
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            _add_model_metadata(writer, config, model_dir, outtype)
+            _add_tokenizer_metadata(writer, vocab, tokenizer)
+            for t in tensors:
+                nbytes = _nbytes(t)
+                writer.add_tensor_info(t.name, t.shape, np.float32, nbytes, raw_dtype=t.qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for t in tqdm(tensors, desc=f"writing GGUF ({outtype})", unit="tensor"):
+                writer.write_tensor_data(_convert(t.read(), t.qtype))
+        finally:
+            writer.close()
     modelfile_path = None
     if text is not None:
         modelfile_path = out.with_suffix(".Modelfile")
-        _write_text_atomic(modelfile_path, text)
+        atomic_write_text(modelfile_path, text)
     return GGUFResult(
         out, outtype, writer_arch, len(tensors), out.stat().st_size, modelfile_path, notes
     )
@@ -191,12 +179,6 @@ def check_target(out: Path, outtype: str, overwrite: bool = False) -> None:
             raise UserError(f"{path} already exists: pick another OUT or delete it")
         if path.is_dir():
             raise UserError(f"{path} is a directory: pick another OUT")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---- config ----------------------------------------------------------------------------
@@ -282,6 +264,12 @@ _ITEM_SIZE = {Q.F32: 4, Q.F16: 2, Q.BF16: 2}
 
 def _quantized(qtype: gguf.GGMLQuantizationType) -> bool:
     return qtype not in _ITEM_SIZE
+
+
+def _nbytes(t: _Tensor) -> int:
+    if not _quantized(t.qtype):
+        return int(np.prod(t.shape)) * _ITEM_SIZE[t.qtype]
+    return int(np.prod(gguf.quant_shape_to_byte_shape(t.shape, t.qtype)))
 
 
 class _Source:
