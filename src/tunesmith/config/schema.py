@@ -49,6 +49,10 @@ class ModelConfig(_Part):
     trust_remote_code: bool = False
     # Fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA.
     use_liger: bool | Literal["auto"] = "auto"
+    # Tokens to add to the tokenizer as special tokens (e.g. ["<tool_call>", "</tool_call>"]):
+    # the embeddings and output head are resized and trained in full (peft modules_to_save),
+    # saved in the adapter, and written by merge with the new vocab_size.
+    special_tokens: list[str] | None = None
 
 
 class QuantizationConfig(_Part):
@@ -131,6 +135,9 @@ class RuntimeConfig(_Part):
     evaluation_max_new_tokens: int = Field(128, ge=1)
     logging_steps: int = Field(1, ge=1)
     tensorboard: bool = True
+    # seconds a process may wait on the others (a collective, a step, a save) before the run
+    # stops with an error naming the rank and the step; several processes only
+    collective_timeout: int = Field(1800, ge=1)
 
 
 class GuardConfig(_Part):

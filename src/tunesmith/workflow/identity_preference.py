@@ -19,8 +19,8 @@ from tunesmith.model.generate import Generator
 
 PREFERENCE_RECIPE = "smollm2_135m_instruct_lora_dpo"
 BASE_ANSWER_TOKENS = 64
-MAX_PAIRS = 64  # a seeded sample of the identity questions: base answers cost ~1-5 s each on a CPU
-EPOCHS = 3  # over the few pairs: ~20 steps
+MAX_PAIRS = 24  # a seeded sample of the identity questions: base answers cost ~1-5 s each on a CPU
+EPOCHS = 1  # one row (~5 short pairs) a step: ~5 steps
 
 
 def identity_pairs(identity_file: str | Path, generator: Generator) -> list[dict]:
@@ -79,7 +79,7 @@ def preference_config(
                 }
             ),
             "preference": PreferenceConfig(loss=loss),
-            "train": cfg.train.model_copy(update={"max_epochs": EPOCHS}),
+            "train": cfg.train.model_copy(update={"max_epochs": EPOCHS, "batch_size": 1}),
             "runtime": cfg.runtime.model_copy(
                 update={"work_dir": str(work_dir), "evaluation_inputs": []}
             ),
