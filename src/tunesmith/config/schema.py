@@ -135,6 +135,9 @@ class RuntimeConfig(_Part):
     evaluation_max_new_tokens: int = Field(128, ge=1)
     logging_steps: int = Field(1, ge=1)
     tensorboard: bool = True
+    # seconds a process may wait on the others (a collective, a step, a save) before the run
+    # stops with an error naming the rank and the step; several processes only
+    collective_timeout: int = Field(1800, ge=1)
 
 
 class GuardConfig(_Part):
