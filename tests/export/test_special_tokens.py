@@ -11,6 +11,7 @@ from tunesmith.cli.main import main
 TOKENS = ["<tool_call>", "</tool_call>"]
 
 
+@pytest.mark.slow  # ~25 s a case on 2 busy cores: trains, exports, merges, chats
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_added_special_tokens_train_export_and_merge_to_a_vanilla_model(
     tiny_model_dir, tmp_path, tied

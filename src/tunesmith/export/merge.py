@@ -25,7 +25,7 @@ from tunesmith.errors import UserError
 from tunesmith.export import chat_files
 from tunesmith.export.lora import Adapter, UnsupportedAdapter, read_adapter, read_adapter_config
 from tunesmith.export.shards import ShardWriter, iter_tensors, parse_size, weight_files
-from tunesmith.fileio import atomic_dir, check_free_space, check_new_dir
+from tunesmith.fileio import atomic_dir, check_free_space, check_new_dir, check_outside
 from tunesmith.model import internlm2
 from tunesmith.model.load import check_weights, model_type, resolve_device
 from tunesmith.model.quantize import DTYPES
@@ -58,6 +58,9 @@ def merge(
     out_dir = Path(out).expanduser()
     check_new_dir(out_dir)
     adapter_dir = Path(adapter).expanduser()
+    check_outside(out_dir, adapter_dir, "merged model")
+    if Path(base).expanduser().is_dir():
+        check_outside(out_dir, base, "merged model")
     read_adapter_config(adapter_dir)  # the adapter is checked before any work
     check_weights(adapter_dir, "adapter")
     max_bytes = parse_size(max_shard_size)

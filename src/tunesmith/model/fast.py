@@ -68,8 +68,12 @@ def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: boo
     )
 
 
-def optimize_for_training(model: nn.Module, cfg) -> nn.Module:
-    """Apply `plan_for`'s optimisations to `model` (a PreTrainedModel or a PeftModel) in place."""
+def optimize_for_training(model: nn.Module, cfg, fused_loss: bool = True) -> nn.Module:
+    """Apply `plan_for`'s optimisations to `model` (a PreTrainedModel or a PeftModel) in place.
+
+    `fused_loss=False` keeps Liger's fused linear cross-entropy off (the other kernels stay):
+    it reads the output head's weight directly, so engines that gather sharded weights in the
+    head's forward (ZeRO-3, FSDP2) would hand it a shard."""
     device_type = next(model.parameters()).device.type
     plan = plan_for(cfg, device_type, liger_available(), varlen_available())
     base = unwrap(model)
@@ -78,7 +82,7 @@ def optimize_for_training(model: nn.Module, cfg) -> nn.Module:
     if plan.cast_frozen_to is not None:
         cast_frozen_float32(base, plan.cast_frozen_to)
     if plan.liger:
-        apply_liger(base)
+        apply_liger(base, fused_loss=fused_loss)
     if plan.attention is not None:
         register_varlen_attention()
         base.set_attn_implementation(plan.attention)
@@ -171,7 +175,7 @@ def liger_available() -> bool:
     return True
 
 
-def apply_liger(model: nn.Module) -> bool:
+def apply_liger(model: nn.Module, fused_loss: bool = True) -> bool:
     """Liger's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy on this model instance.
 
     Returns False where liger has no kernels for the model type. Liger swaps the forward of
@@ -189,7 +193,7 @@ def apply_liger(model: nn.Module) -> bool:
         "rms_norm": True,
         "swiglu": True,
         "cross_entropy": False,
-        "fused_linear_cross_entropy": True,
+        "fused_linear_cross_entropy": fused_loss,
     }
     accepted = inspect.signature(apply_fn).parameters
     apply_fn(model=model, **{k: v for k, v in wanted.items() if k in accepted})

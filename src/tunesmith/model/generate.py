@@ -670,6 +670,7 @@ class _Rows(BaseStreamer):
         if len(row.ids) >= self.max_new_tokens:
             row.done, row.reason = True, "length"
             if decode:
+                row.text += self._decode_rest(row)  # a character still held back
                 self._show(row, len(row.text))
             else:
                 row.text = self._decode(row.ids)
