@@ -146,6 +146,9 @@ class GuardConfig(_Part):
     enabled: bool = False
     # general samples per identity sample
     ratio: float = Field(1.0, ge=0)
+    # the same per language of the samples ("zh", "en"), where it differs from `ratio`: the
+    # general samples of a language anchor the answers in that language
+    ratio_by_lang: dict[str, float] = Field(default_factory=dict)
     prompts: str | None = None  # a file of prompts; default: the shipped set
     max_new_tokens: int = Field(96, ge=1)
 
