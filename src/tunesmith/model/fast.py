@@ -44,8 +44,16 @@ class Plan:
     lora_inputs_in_autocast: bool = False  # no fp32 copy of LoRA inputs under autocast
 
 
-def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: bool) -> Plan:
-    """Decide the optimisations for a model on `device_type` under `cfg` (a Config)."""
+def plan_for(
+    cfg,
+    device_type: str,
+    liger_available: bool,
+    varlen_available: bool,
+    sharded_weights: bool = False,
+) -> Plan:
+    """Decide the optimisations for a model on `device_type` under `cfg` (a Config).
+
+    `sharded_weights` (ZeRO-3, FSDP2) keeps Liger off: see `optimize_for_training`."""
     packed_auto = cfg.model.attn_implementation == "auto" and cfg.data.pack_to_max_length
     if device_type != "cuda":
         return Plan(attention=VARLEN if packed_auto else None)
@@ -60,7 +68,7 @@ def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: boo
         attention = VARLEN
     return Plan(
         cast_frozen_to=dtype if dtype != torch.float32 else None,
-        liger=bool(use_liger) and liger_available,
+        liger=bool(use_liger) and liger_available and not sharded_weights,
         attention=attention,
         lora_inputs_in_autocast=(
             cfg.lora is not None and not cfg.lora.use_dora and cfg.train.mixed_precision != "no"
@@ -68,21 +76,23 @@ def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: boo
     )
 
 
-def optimize_for_training(model: nn.Module, cfg, fused_loss: bool = True) -> nn.Module:
+def optimize_for_training(model: nn.Module, cfg, sharded_weights: bool = False) -> nn.Module:
     """Apply `plan_for`'s optimisations to `model` (a PreTrainedModel or a PeftModel) in place.
 
-    `fused_loss=False` keeps Liger's fused linear cross-entropy off (the other kernels stay):
-    it reads the output head's weight directly, so engines that gather sharded weights in the
-    head's forward (ZeRO-3, FSDP2) would hand it a shard."""
+    `sharded_weights=True` (ZeRO-3, FSDP2) keeps Liger off. Its fused linear cross-entropy reads
+    the output head's weight outside the head's forward, where those engines hand it a shard
+    (`aten.mm.out got mixed torch.Tensor and DTensor`); with its other kernels, 2-GPU ZeRO-3 and
+    FSDP2 full fine-tuning failed in the first step (a Triton pointer error on rank 1), and FSDP2
+    full fine-tuning without Liger passed (H200 x2, 2026-11-30, docs/gpu.md)."""
     device_type = next(model.parameters()).device.type
-    plan = plan_for(cfg, device_type, liger_available(), varlen_available())
+    plan = plan_for(cfg, device_type, liger_available(), varlen_available(), sharded_weights)
     base = unwrap(model)
     if cfg.train.checkpoint_layers is not None:
         limit_checkpointing(base, cfg.train.checkpoint_layers)
     if plan.cast_frozen_to is not None:
         cast_frozen_float32(base, plan.cast_frozen_to)
     if plan.liger:
-        apply_liger(base, fused_loss=fused_loss)
+        apply_liger(base)
     if plan.attention is not None:
         register_varlen_attention()
         base.set_attn_implementation(plan.attention)

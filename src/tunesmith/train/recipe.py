@@ -259,10 +259,9 @@ class TrainRecipe:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
             model.config.use_cache = False
-        # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU
-        # no fused linear cross-entropy under ZeRO-3 / FSDP2: it reads the output head's weight
-        # outside the head's forward, where those engines gather it (seen on H200s)
-        model = optimize_for_training(model, cfg, fused_loss=not shards_weights(self.accelerator))
+        # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU;
+        # no Liger under ZeRO-3 / FSDP2 (see optimize_for_training)
+        model = optimize_for_training(model, cfg, sharded_weights=shards_weights(self.accelerator))
         model.train()
         if self.is_main:
             trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
