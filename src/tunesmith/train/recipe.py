@@ -21,9 +21,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
-from tunesmith.model.fast import optimize_for_training
+from tunesmith.model.fast import lora_inputs_uncast, optimize_for_training, training_plan
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
 from tunesmith.train.metrics import MetricsLogger
@@ -203,12 +204,11 @@ class TrainRecipe:
                 model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing
             )
         elif cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            hf_compat.enable_activation_checkpointing(model)
             model.config.use_cache = False
         # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU
-        model = optimize_for_training(model, cfg)
+        self.plan = training_plan(model, cfg)
+        model = optimize_for_training(model, cfg, self.plan)
         model.train()
         if self.is_main:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -290,11 +290,12 @@ class TrainRecipe:
         # accelerate divides each backward by its accumulation count and DDP averages over
         # processes; the loss is already a mean over the whole step, so undo both.
         scale = acc.gradient_accumulation_steps * acc.num_processes
-        for batch in batches:
-            with acc.accumulate(model):
-                loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
-                acc.backward(loss * scale)
-            step_loss += loss.detach()
+        with lora_inputs_uncast(model, self.plan):
+            for batch in batches:
+                with acc.accumulate(model):
+                    loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                    acc.backward(loss * scale)
+                step_loss += loss.detach()
         if acc.num_processes > 1:
             step_loss = acc.reduce(step_loss, "sum")
         # Checked before the update, so the weights of the last good step stay intact.
