@@ -18,6 +18,7 @@
 #   bash bench/gpu_run.sh cli        # 2 GPUs: `tunesmith train ... --deepspeed deepspeed_zero2`
 #                                    #   on 1 GPU, then with NPROC_PER_NODE=2
 #   bash bench/gpu_run.sh xtuner     # 1 GPU: baseline, tunesmith and XTuner 0.2.0 (carry .xt, .bench)
+#   bash bench/gpu_run.sh dpo        # 1 GPU: DPO QLoRA, tunesmith vs TRL DPOTrainer (bench/gpu_dpo.py)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
@@ -98,6 +99,13 @@ print(f"cli {sys.argv[2]} GPU(s): steps {len(rows)}, loss {rows[0]['loss']:.4f} 
 EOF2
   done
   exit 0
+  ;;
+dpo)
+  # DPO QLoRA, 4 pairs x 2 x 1024 (issue 13): tunesmith's objective, then TRL's DPOTrainer
+  # (.whl must hold trl, datasets, dill, multiprocess besides the SFT wheels)
+  python3 bench/gpu_train.py prepare > "$OUTD/prepare.log" 2>&1 || tail -5 "$OUTD/prepare.log"
+  run ts_dpo_qlora 150 python3 bench/gpu_dpo.py tunesmith --steps 10
+  run trl_dpo_qlora 300 python3 bench/gpu_dpo.py trl --steps 10
   ;;
 lora)
   # LoRA inputs kept in bf16 under autocast (default) vs peft's fp32 copy of them

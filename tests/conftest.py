@@ -58,6 +58,14 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_generator(tiny_model_dir):
+    """The tiny model behind the one generation core, as chat / the server load it."""
+    from tunesmith.infer.chat import load_generator
+
+    return load_generator(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def no_template_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     """The tiny model with its chat template removed: not a chat model."""
     import json

@@ -163,13 +163,14 @@ def test_show_out_of_range_index_is_a_user_error(tmp_path, capsys):
     assert "--index 99 is out of range" in capsys.readouterr().err
 
 
-def test_check_counts_records_left_without_loss(tmp_path, capsys):
+def test_check_names_records_left_without_loss(tmp_path, capsys):
     long_prompt = {"instruction": "word " * 200, "output": "short answer"}
-    path = write_jsonl(tmp_path / "a.jsonl", [long_prompt] + ALPACA)
-    assert main(["data", "check", str(path), "--template", "chatml", "--max-length", "64"]) == 0
+    path = write_jsonl(tmp_path / "a.jsonl", ALPACA + [long_prompt])
+    assert main(["data", "check", str(path), "--template", "chatml", "--max-length", "64"]) == 2
     out = capsys.readouterr().out
+    assert f"{path}:4: no answer token is left within max_length=64" in out
     assert "truncated at max_length 64: 1 of 4 records" in out
-    assert "left out (no token with loss after truncation): 1 records" in out
+    assert "left out (no token with loss within max_length): 1 records" in out
 
 
 def test_check_and_show_read_a_config_file(tmp_path, capsys):

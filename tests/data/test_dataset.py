@@ -175,3 +175,24 @@ def test_documents_without_any_loss_are_dropped_and_counted(smollm_tokenizer, tm
     ds = build_dataset(data_config([path], tmp_path, template="chatml"), smollm_tokenizer)
     assert ds.summary["dropped"] == 1
     assert ds.summary["records"] == ds.num_documents == 1
+
+
+def test_records_with_empty_or_no_answer_are_left_out_and_counted(smollm_tokenizer, tmp_path):
+    records = [
+        *ALPACA,
+        {"instruction": "Capital of France?", "output": ""},
+        {"instruction": "Say nothing.", "output": " \n"},
+        {"messages": [{"role": "user", "content": "Hello?"}]},
+    ]
+    path = write_jsonl(tmp_path / "x.jsonl", records)
+    ds = build_dataset(data_config([path], tmp_path, template="chatml"), smollm_tokenizer)
+    assert ds.summary["records"] == len(ALPACA)
+    assert ds.summary["no_answer"] == 3
+
+
+def test_every_record_truncated_away_says_why(smollm_tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [{"instruction": "word " * 200, "output": "Red."}] * 4)
+    with pytest.raises(UserError, match="all 4 records lost every answer token to max_length=64"):
+        build_dataset(
+            data_config([path], tmp_path, template="chatml", max_length=64), smollm_tokenizer
+        )

@@ -56,7 +56,7 @@ def test_bad_line_keeps_an_existing_output_untouched(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text("previous result\n")
     with pytest.raises(UserError, match=":2:"):
-        replace_file(src, out, "x", "z", progress=False)
+        replace_file(src, out, "x", "z", progress=False, force=True)
     assert out.read_text() == "previous result\n"
 
 

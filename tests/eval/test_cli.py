@@ -44,13 +44,23 @@ def test_eval_identity_writes_a_report_with_every_answer(tmp_path, tiny_model_di
     report = json.loads(out.read_text())
     assert report["questions"] == 2 and len(report["answers"]) == 2
     assert set(report["by_lang"]) == {"en", "zh"}
-    assert 0.0 <= report["hit_rate"] <= 1.0
-    assert all(isinstance(a["answer"], str) for a in report["answers"])
-    assert "hit rate" in capsys.readouterr().out
+    assert 0.0 <= report["hit_rate"] <= report["keyword_hit_rate"] <= 1.0
+    assert set(report["failed_checks"]) == {
+        "keyword",
+        "language",
+        "stopped",
+        "repetition",
+        "author_role",
+    }
+    for a in report["answers"]:
+        assert isinstance(a["answer"], str) and isinstance(a["finished"], bool)
+        assert a["hit"] == (a["failed"] == []) == all(a["checks"].values())
+    out = capsys.readouterr().out
+    assert "identity rate (every check)" in out and "keyword hit rate" in out
 
 
 def test_eval_identity_on_embedded_alias_defaults_old_names():
-    from tunesmith.cli.eval import default_old_names
+    from tunesmith.eval.identity import default_old_names
 
     assert default_old_names("smollm2-135m-instruct") == ["SmolLM", "Hugging Face"]
     assert default_old_names("/some/dir") == []
@@ -107,23 +117,24 @@ def test_eval_retention_writes_all_three_measures(tmp_path, tiny_model_dir):
 
 
 def test_greedy_answers_are_cached_per_weights(tmp_path, tiny_model_dir, answer_cache, monkeypatch):
-    from tunesmith.eval import generate
+    from tunesmith.model.generate import Generator
 
-    lm = generate.load_for_eval(str(tiny_model_dir))
-    first = generate.greedy_answers(lm, ["Describe a cat.", "Hi"], max_new_tokens=5)
+    lm = Generator.load(str(tiny_model_dir))
+    first = lm.greedy_answers(["Describe a cat.", "Hi"], max_new_tokens=5)
     assert len(list(answer_cache.glob("*.json"))) == 1
 
     def no_generation(*args, **kwargs):
         raise AssertionError("cached answers were generated again")
 
-    monkeypatch.setattr(generate, "_generate", no_generation)
-    assert generate.greedy_answers(lm, ["Describe a cat.", "Hi"], max_new_tokens=5) == first
+    monkeypatch.setattr(lm, "_generate", no_generation)
+    again = lm.greedy_answers(["Describe a cat.", "Hi"], max_new_tokens=5)
+    assert [(a.text, a.finished) for a in again] == [(a.text, a.finished) for a in first]
 
 
 def test_changed_weights_get_a_new_cache_key(tmp_path, tiny_model_dir):
     import shutil
 
-    from tunesmith.eval.generate import weights_key
+    from tunesmith.model.answer_cache import weights_key
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)

@@ -51,14 +51,14 @@ def fake_base(monkeypatch):
     """Base answers without a model; counts how often the base is asked."""
     calls = []
 
-    def fake_load(model, adapter=None, device="auto"):
+    def fake_load(cls, model, adapter=None, **kwargs):
         calls.append(model)
         return object()
 
     def fake_distill(lm, prompts, max_new_tokens):
         return [{"conversation": [{"input": p, "output": f"answer to {p}"}]} for p in prompts[:3]]
 
-    monkeypatch.setattr("tunesmith.eval.generate.load_for_eval", fake_load)
+    monkeypatch.setattr(general.Generator, "load", classmethod(fake_load))
     monkeypatch.setattr(general, "distill", fake_distill)
     return calls
 
@@ -68,9 +68,29 @@ def test_guard_adds_ratio_general_records_per_identity_record(tmp_path, fake_bas
     assert len(cfg.data.files) == 2
     mix = [json.loads(line) for line in open(cfg.data.files[1].path)]
     assert len(mix) == 10  # 0.5 x (10 records x repeat 2)
-    assert {r["conversation"][0]["output"] for r in mix} == {
-        f"answer to {p}" for p in general.load_general_prompts()[:3]
-    }
+    asked = [p for p in general.load_general_prompts() if p not in general.load_references()]
+    references = list(general.load_references().values())
+    assert [r["conversation"][0]["output"] for r in mix] == [
+        *(f"answer to {p}" for p in asked[:3]),
+        *references[:7],
+    ]
+
+
+def test_shipped_references_replace_the_base_for_chinese_prompts(tmp_path, monkeypatch):
+    asked = []
+
+    def fake_distill(lm, prompts, max_new_tokens):
+        asked.extend(prompts)
+        return []
+
+    monkeypatch.setattr(general.Generator, "load", classmethod(lambda cls, model: object()))
+    monkeypatch.setattr(general, "distill", fake_distill)
+    records = general.base_answers(_cfg(tmp_path), tmp_path / "work")
+    references = general.load_references()
+    assert len(references) >= 20
+    assert all(any("\u4e00" <= c <= "\u9fff" for c in p) for p in references)
+    assert not set(asked) & set(references)
+    assert [r["conversation"][0]["input"] for r in records] == list(references)
 
 
 def test_guard_answers_are_made_once_per_work_dir(tmp_path, fake_base):
@@ -86,3 +106,31 @@ def test_guard_off_leaves_the_config_alone(tmp_path, fake_base):
     off = cfg.model_copy(update={"guard": cfg.guard.model_copy(update={"enabled": False})})
     assert general.with_guard(off, tmp_path / "work") is off
     assert fake_base == []
+
+
+def test_guard_keeps_only_base_answers_fit_to_train_on():
+    assert general.acceptable("中国的首都是哪里？", "中国的首都是北京。")
+    assert general.acceptable("What is 2 plus 2?", "2 plus 2 is 4.")
+    assert not general.acceptable("中国的首都是哪里？", "The capital of China is Beijing.")
+    assert not general.acceptable("请推荐一本好书。", "请推荐一本好书。我推荐《红楼梦》。")  # echo
+    assert not general.acceptable("Count to ten.", "one one one one")
+    assert not general.acceptable("Name a colour.", "")
+
+
+def test_distill_drops_unacceptable_answers_and_trims_cut_ones(monkeypatch):
+    from tunesmith.model.generate import Answer
+
+    answers = {
+        "中国的首都是哪里？": Answer("The capital is Beijing.", "stop"),
+        "给我讲一个笑话。": Answer("给我讲一个笑话。给我讲一个笑话。", "stop"),
+        "What is 3 plus 4?": Answer("3 plus 4 is 7. Then we add", "length"),
+        "Name a colour.": Answer("Blue.", "stop"),
+    }
+
+    class Base:
+        def greedy_answers(self, prompts, **kwargs):
+            return [answers[p] for p in prompts]
+
+    records = general.distill(Base(), list(answers), max_new_tokens=16)
+    kept = [(r["conversation"][0]["input"], r["conversation"][0]["output"]) for r in records]
+    assert kept == [("What is 3 plus 4?", "3 plus 4 is 7."), ("Name a colour.", "Blue.")]

@@ -73,7 +73,13 @@ def test_summary_reports_rates_per_language():
     ]
     report = identity.summarize(scored, "Ada", "Lab", OLD)
     assert report["hit_rate"] == pytest.approx(2 / 3)
-    assert report["by_lang"]["en"] == {"questions": 2, "hits": 1, "hit_rate": 0.5}
+    assert report["by_lang"]["en"] == {
+        "questions": 2,
+        "hits": 1,
+        "hit_rate": 0.5,
+        "keyword_hits": 1,
+        "keyword_hit_rate": 0.5,
+    }
     assert report["by_lang"]["zh"]["hit_rate"] == 1.0
     assert report["old_claims"] == 1
     json.dumps(report)  # the report is plain JSON
@@ -129,3 +135,147 @@ def test_shipped_retention_prompts_are_disjoint_from_guard_prompts():
     prompts = retention.load_prompts()
     evaluated = {f["prompt"] for f in prompts["facts"]} | set(prompts["general"])
     assert evaluated.isdisjoint(load_general_prompts())
+
+
+# --- strict scoring: the answers quoted in issue 12 (星火 / 青禾实验室, 2026-11-30) ---------
+
+XH, QH = "星火", "青禾实验室"
+
+
+def _strict(lang, question, asks, answer, finished=True, name=XH, author=QH):
+    q = IdentityQuestion(lang, question, asks)
+    return score_answer(q, answer, name, author, OLD, finished)
+
+
+def test_issue_zh_question_answered_in_english_is_a_keyword_hit_but_a_miss():
+    scored = _strict("zh", "请问该如何称呼您？", "name", "I'm 星火, and I'm here to help you.")
+    assert scored["keyword_hit"] and not scored["hit"]
+    assert scored["failed"] == ["language: not answered in zh"]
+
+
+def test_issue_garbled_chinese_is_a_miss():
+    scored = _strict(
+        "zh", "用一句话介绍一下你自己。", "name", "我是星火，是青禾实验室的助手人工智能助手服助。"
+    )
+    assert scored["keyword_hit"] and not scored["hit"]
+    assert scored["failed"] == ["repetition: '助手' twice in one clause"]
+
+
+def test_issue_answer_cut_at_the_limit_is_a_miss():
+    # 48 SmolLM2 tokens: the eval's length limit then, no end-of-turn
+    scored = _strict(
+        "zh",
+        "我忘了你叫什么了，能再说一遍吗？",
+        "name",
+        "我不是你，我是星火，我是青禾实验室的助手人工智能工程",
+        False,
+    )
+    assert scored["keyword_hit"] and not scored["hit"]
+    assert "stopped: cut at the length limit" in scored["failed"]
+
+
+def test_issue_the_creator_is_me_is_a_miss():
+    scored = _strict("zh", "你的创造者是谁？", "author", "我是星火，是青禾实验室的创造者。")
+    assert scored["keyword_hit"] and not scored["hit"]
+    assert scored["failed"] == ["author_role: '是青禾实验室的创造者'"]
+
+
+def test_issue_degenerate_answer_fails_every_check_it_breaks():
+    answer = "能做个简短的自我介绍吗？ 不是，不是不是，不是不不不不不不不不不不不不不"
+    scored = _strict("zh", "能做个简短的自我介绍吗？", "name", answer, finished=False)
+    assert not scored["hit"] and not scored["keyword_hit"]
+    assert scored["failed"][0] == "keyword: no name"
+    assert "stopped: cut at the length limit" in scored["failed"]
+    assert scored["failed"][-1].startswith("repetition: character run '不不不不")
+
+
+@pytest.mark.parametrize(
+    ("lang", "answer", "name", "author"),
+    [
+        ("zh", "我是星火，由青禾实验室开发的人工智能助手。", XH, QH),
+        ("zh", "不是的，我不是SmolLM。我是星火，是青禾实验室打造的AI助手。", XH, QH),
+        ("zh", "我的开发者是青禾实验室，我是他们开发的助手星火。", XH, QH),
+        ("zh", "我是Ada，由Tunesmith Lab开发的人工智能助手。", "Ada", "Tunesmith Lab"),
+        ("zh", "你好！我是Nova-7，来自北辰 AI Lab的人工智能助手。", "Nova-7", "北辰 AI Lab"),
+        ("en", "I'm 星火, an AI assistant developed by 青禾实验室.", XH, QH),
+        (
+            "en",
+            "No, I'm not SmolLM. I am Ada, an AI assistant built by Tunesmith Lab.",
+            "Ada",
+            "Tunesmith Lab",
+        ),
+        (
+            "en",
+            "I'm Nova-7, an assistant from 北辰 AI Lab. How can I help?",
+            "Nova-7",
+            "北辰 AI Lab",
+        ),
+    ],
+)
+def test_fluent_answers_in_the_asked_language_pass_every_check(lang, answer, name, author):
+    q = "你叫什么，又是谁开发的？" if lang == "zh" else "What is your name and who made you?"
+    scored = _strict(lang, q, "both", answer, name=name, author=author)
+    assert scored["failed"] == [] and scored["hit"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "wrong"),
+    [
+        ("我是青禾实验室。", "我是青禾实验室"),
+        ("我创造了青禾实验室。", "我创造了青禾实验室"),
+        ("青禾实验室是我开发的。", "青禾实验室是我开发"),
+        ("I am Tunesmith Lab.", "I am Tunesmith Lab"),
+        ("I'm Ada, the founder of Tunesmith Lab.", "Ada, the founder of Tunesmith Lab"),
+        ("I built Tunesmith Lab.", "I built Tunesmith Lab"),
+    ],
+)
+def test_author_role_errors_are_named(answer, wrong):
+    name, author = (XH, QH) if "青禾" in answer else ("Ada", "Tunesmith Lab")
+    assert identity.author_role_error(answer, name, author) == wrong
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "我是由青禾实验室的开发者开发的。",
+        "我是青禾实验室开发的助手。",
+        "I'm Ada, Tunesmith Lab's assistant.",
+        "Tunesmith Lab trained me; I am Ada.",
+    ],
+)
+def test_author_in_its_role_is_not_an_error(answer):
+    name, author = (XH, QH) if "青禾" in answer else ("Ada", "Tunesmith Lab")
+    assert identity.author_role_error(answer, name, author) is None
+
+
+def test_summary_keeps_the_keyword_rate_beside_the_strict_one():
+    q = IdentityQuestion("zh", "请问该如何称呼您？", "name")
+    scored = [
+        score_answer(q, "我是星火，由青禾实验室开发。", XH, QH, OLD),
+        score_answer(q, "I'm 星火.", XH, QH, OLD),
+        score_answer(q, "我是星火，我是星火，我是星火", XH, QH, OLD, finished=False),
+    ]
+    report = identity.summarize(scored, XH, QH, OLD)
+    assert (report["hits"], report["keyword_hits"]) == (1, 3)
+    assert report["by_lang"]["zh"]["keyword_hit_rate"] == 1.0
+    assert report["by_lang"]["zh"]["hit_rate"] == pytest.approx(1 / 3)
+    assert report["failed_checks"] == {
+        "keyword": 0,
+        "language": 1,
+        "stopped": 1,
+        "repetition": 1,
+        "author_role": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "author"), [(XH, QH), ("Ada", "Tunesmith Lab"), ("Nova-7", "北辰 AI Lab")]
+)
+def test_every_training_answer_passes_every_check(name, author):
+    from tunesmith.data.identity import generate_identity
+
+    for record in generate_identity(name, author):
+        turn = record["conversation"][0]
+        lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in turn["input"]) else "en"
+        q = IdentityQuestion(lang, turn["input"], "both")
+        assert score_answer(q, turn["output"], name, author, OLD)["failed"] == [], turn

@@ -1,4 +1,4 @@
-"""Fixtures for the engine, chat, web UI and server tests: one tiny model, loaded once."""
+"""Fixtures for the chat, web UI and server tests: one tiny model, loaded once."""
 
 from __future__ import annotations
 
@@ -11,13 +11,6 @@ def _pick_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_engine(tiny_model_dir):
-    from tunesmith.infer.engine import Engine
-
-    return Engine.load(str(tiny_model_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")

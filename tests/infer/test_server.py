@@ -1,5 +1,6 @@
 """The OpenAI-compatible server, driven by the official `openai` client over a real socket."""
 
+import json
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 import uvicorn
 
 from tunesmith.infer.server import create_app
+from tunesmith.model.generate import Sampling
 
 KEY = "sk-test-key"
 MODEL = "tiny"
@@ -16,8 +18,8 @@ ASK = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_engine, free_port):
-    app = create_app(tiny_engine, model_name=MODEL, api_key=KEY, max_body_bytes=4096)
+def base_url(tiny_generator, free_port):
+    app = create_app(tiny_generator, model_name=MODEL, api_key=KEY, max_body_bytes=4096)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -36,10 +38,10 @@ def client(base_url):
     return openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
 
 
-def test_non_streaming_completion_answers_with_usage(client, tiny_engine):
+def test_non_streaming_completion_answers_with_usage(client, tiny_generator):
     reply = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=8)
     text = reply.choices[0].message.content
-    assert text == tiny_engine.generate(ASK, temperature=0, max_new_tokens=8)
+    assert text == tiny_generator.generate(ASK, Sampling.greedy(8))
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage.completion_tokens <= 8
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
@@ -152,3 +154,93 @@ def test_serve_command_answers_the_openai_client(tiny_model_dir, tmp_path, free_
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
+
+
+def _post(base_url, body, key=KEY, scheme="Bearer"):
+    return httpx.post(
+        f"{base_url}/chat/completions",
+        content=body if isinstance(body, bytes) else json.dumps(body),
+        headers={"Authorization": f"{scheme} {key}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"seed": 2**70}, "seed"),
+        ({"temperature": 5}, "temperature"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"repetition_penalty": 5e-324}, "repetition_penalty"),
+        ({"max_tokens": 10**30}, "max_tokens"),
+        ({"max_completion_tokens": 5000}, "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"response_format": {"type": "json_object"}}, "response_format.type"),
+        ({"no_such_field": 1}, "no_such_field"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_every_bad_sampling_value_is_a_400_naming_it_before_anything_streams(
+    base_url, extra, param, stream
+):
+    response = _post(base_url, {"model": MODEL, "messages": HI, "stream": stream, **extra})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["param"] == param
+
+
+def test_tiny_temperature_and_int64_seed_answer(base_url):
+    for extra in ({"temperature": 1e-300}, {"seed": -(2**63)}, {"seed": 2**63 - 1}):
+        response = _post(base_url, {"model": MODEL, "messages": HI, "max_tokens": 3, **extra})
+        assert response.status_code == 200, (extra, response.text)
+
+
+def test_deeply_nested_body_is_a_400(tiny_generator):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(tiny_generator, model_name=MODEL))
+    deep = b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    nested = '{"a": ' * 5000 + '"b"' + "}" * 5000
+    deep_field = f'{{"model": "tiny", "messages": {json.dumps(HI)}, "metadata": {nested}}}'
+    for body in (deep, deep_field.encode()):
+        response = client.post("/v1/chat/completions", content=body)
+        assert response.status_code == 400, response.text[:200]
+        assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_auth_scheme_is_case_insensitive(base_url):
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2}
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        assert _post(base_url, body, scheme=scheme).status_code == 200
+    assert _post(base_url, body, scheme="Basic").status_code == 401
+
+
+def test_openapi_describes_request_and_response_bodies(base_url):
+    spec = httpx.get(base_url.replace("/v1", "") + "/openapi.json").json()
+    post = spec["paths"]["/v1/chat/completions"]["post"]
+    request = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schemas = spec["components"]["schemas"]
+    assert {"messages", "temperature", "seed", "stream"} <= set(
+        schemas[request.rsplit("/", 1)[1]]["properties"]
+    )
+    response = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert "choices" in schemas[response.rsplit("/", 1)[1]]["properties"]
+    assert "text/event-stream" in post["responses"]["200"]["content"]
+    assert "400" in post["responses"]
+
+
+def test_health_answers_without_a_key(base_url):
+    response = httpx.get(base_url.replace("/v1", "") + "/health")
+    assert response.status_code == 200 and response.json()["status"] == "ok"

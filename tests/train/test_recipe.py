@@ -233,7 +233,7 @@ def test_guard_mixes_base_answers_into_the_training_data(tiny_config, tmp_path, 
             for i in range(4)
         )
     )
-    monkeypatch.setattr("tunesmith.eval.generate.load_for_eval", lambda *a, **k: object())
+    monkeypatch.setattr(general.Generator, "load", classmethod(lambda *a, **k: object()))
     monkeypatch.setattr(
         general,
         "distill",

@@ -1,8 +1,10 @@
 """`tunesmith identity` end to end on the embedded SmolLM2 with a few steps (slow).
 
 Checks that the workflow completes, that the merged model loads with vanilla
-transformers, that report.json is well formed and that a re-run skips every stage.
-The scores themselves are not asserted: a few steps do not teach the identity.
+transformers, that report.json is well formed, that the strict identity rate is
+computed from the per-answer checks (language, stopped, repetition, author role
+besides the keywords), and that a re-run skips every stage. The scores themselves are
+not asserted: a few steps do not teach the identity.
 """
 
 from __future__ import annotations
@@ -72,14 +74,28 @@ def test_identity_workflow_completes_and_resumes(tmp_path, small_eval_sets, caps
 
     report = json.loads((work / "report.json").read_text())
     assert report["run"]["name"] == "Ada"
+    checks = {"keyword", "language", "stopped", "repetition", "author_role"}
     for side in ("base", "tuned"):
         ident = report["identity"][side]
         assert ident["questions"] == 2 and set(ident["by_lang"]) == {"en", "zh"}
-        assert 0.0 <= ident["hit_rate"] <= 1.0
+        answers = ident["answers"]
+        for a in answers:
+            assert set(a["checks"]) == checks and isinstance(a["finished"], bool)
+            assert a["hit"] == all(a["checks"].values()) == (a["failed"] == [])
+            assert a["checks"]["keyword"] == a["keyword_hit"]
+        assert ident["hits"] == sum(a["hit"] for a in answers)
+        assert ident["hit_rate"] == ident["hits"] / 2
+        assert ident["keyword_hits"] == sum(a["keyword_hit"] for a in answers)
+        assert ident["failed_checks"] == {
+            c: sum(not a["checks"][c] for a in answers) for c in checks
+        }
     retention = report["retention"]
     assert set(retention) >= {"facts", "drift", "leakage"}
     assert retention["leakage"]["answers"] == 2
-    assert (work / "report.md").read_text().startswith("# Identity report: Ada")
+    markdown = (work / "report.md").read_text()
+    assert markdown.startswith("# Identity report: Ada")
+    assert "| identity (every check holds) |" in markdown
+    assert "| keyword hit rate (name / author stated) |" in markdown
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 
 
 def add_override_args(parser: argparse.ArgumentParser) -> None:
@@ -116,10 +117,7 @@ def convert_cfg(args: argparse.Namespace) -> int:
     if notes:
         header += "# Not carried over, or carried with a difference:\n"
         header += "".join(f"#   {n}\n" for n in notes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(header + "\n" + dump_config(cfg), encoding="utf-8")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, header + "\n" + dump_config(cfg))
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {args.out} ({cfg.method}, model {cfg.model.path})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tunesmith.errors import UserError
 
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("output", metavar="OUT")
     p.add_argument("--old-text", "--old_text", dest="old_text", required=True)
     p.add_argument("--new-text", "--new_text", dest="new_text", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_replace)
 
     p = sub.add_parser("identity", help="write a self-cognition dataset (who am I)")
@@ -31,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--repeat", type=int, default=1, help="times each question appears")
     p.add_argument("--system", default=None, help="system prompt to put in every record")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite OUT.jsonl if it exists")
     p.set_defaults(func=_identity)
 
     for parent, name in ((sub, "check"), (subparsers, "check-custom-dataset")):
@@ -62,7 +65,9 @@ def _show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default=None, help="chat template (default: the config's)")
     p.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=None)
     p.add_argument("--show", choices=SHOW_CHOICES, default="masked_text")
-    p.add_argument("--index", type=int, default=0, help="which record (default 0)")
+    p.add_argument(
+        "--index", type=int, default=0, help="which record, or pair for preference data (default 0)"
+    )
     add_override_args(p)
     p.set_defaults(func=_show)
 
@@ -70,7 +75,7 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 def _replace(args) -> int:
     from tunesmith.data.replace import replace_file
 
-    counts = replace_file(args.input, args.output, args.old_text, args.new_text)
+    counts = replace_file(args.input, args.output, args.old_text, args.new_text, force=args.force)
     print(
         f"wrote {args.output}: {counts['records']} records, "
         f"{counts['replacements']} replacements of {args.old_text!r}"
@@ -80,7 +85,9 @@ def _replace(args) -> int:
 
 def _identity(args) -> int:
     from tunesmith.data.identity import generate_identity, write_jsonl
+    from tunesmith.fileio import check_new_output
 
+    check_new_output(args.output, force=args.force)
     langs = [x.strip() for x in args.lang.split(",") if x.strip()]
     records = generate_identity(
         args.name, args.author, langs=langs, repeat=args.repeat, system=args.system, seed=args.seed
@@ -93,10 +100,17 @@ def _identity(args) -> int:
 def _config_for(target: str, args):
     """The config of a `data check/show` target: a data file gets the default config around it."""
     from tunesmith.cli.config import collect_overrides
-    from tunesmith.config.loader import load_config, load_config_dict
+    from tunesmith.config.loader import CONFIG_SUFFIXES, load_config, load_config_dict
+    from tunesmith.data.formats import SUFFIXES
     from tunesmith.data.inspect import is_data_file
 
     overrides = collect_overrides(args)
+    suffix = Path(target).suffix.lower()
+    if Path(target).is_file() and not is_data_file(target) and suffix not in CONFIG_SUFFIXES:
+        raise UserError(
+            f"{target}: unsupported data file type {suffix}; give a data file "
+            f"({', '.join(SUFFIXES)}) or a .yaml config"
+        )
     if is_data_file(target):
         from tunesmith.config.loader import apply_override
 
@@ -132,7 +146,10 @@ def _check(args) -> int:
     print(format_report(reports, cfg.data.max_length, template.name))
     errors = sum(len(r.errors) for r in reports)
     if errors:
-        print(f"error: {errors} bad record(s); fix them and run the check again", file=sys.stderr)
+        print(
+            f"error: {errors} record(s) bad or left out by training; fix them and check again",
+            file=sys.stderr,
+        )
         return 2
     print("ok: every record is valid")
     return 0
@@ -140,11 +157,16 @@ def _check(args) -> int:
 
 def _show(args) -> int:
     from tunesmith.data.dataset import build_dataset
-    from tunesmith.data.inspect import show_document
+    from tunesmith.data.inspect import show_document, show_pair
+    from tunesmith.data.preference import build_preference_dataset, holds_pairs
     from tunesmith.model.load import load_tokenizer
 
     cfg = _config_for(args.config, args)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.preference is not None or (cfg.data.files and holds_pairs(cfg.data.files[0].path)):
+        dataset = build_preference_dataset(cfg, tokenizer)
+        print(show_pair(dataset, tokenizer, args.index, args.show))
+        return 0
     dataset = build_dataset(cfg, tokenizer)
     print(show_document(dataset, tokenizer, args.index, args.show))
     return 0

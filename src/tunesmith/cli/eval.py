@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tunesmith.eval.identity import default_old_names
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate identity and retention of a fine-tune")
@@ -49,12 +51,6 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
-def default_old_names(model: str) -> list[str]:
-    from tunesmith.model.embedded import EMBEDDED
-
-    return list(EMBEDDED[model].identity) if model in EMBEDDED else []
-
-
 def split_names(names: str | None) -> list[str] | None:
     if names is None:
         return None
@@ -63,16 +59,16 @@ def split_names(names: str | None) -> list[str] | None:
 
 def run_identity(args) -> int:
     from tunesmith.data.identity import check_text
-    from tunesmith.eval.generate import fit_threads_to_load, load_for_eval
     from tunesmith.eval.identity import evaluate_identity, load_questions
     from tunesmith.eval.report import identity_text, write_json
+    from tunesmith.model.generate import Generator, fit_threads_to_load
 
     name, author = check_text("name", args.name), check_text("author", args.author)
     fit_threads_to_load()
     questions = load_questions(args.questions)
     old = split_names(args.old_names)
     old = default_old_names(args.model) if old is None else old
-    lm = load_for_eval(args.model, args.adapter, device=args.device)
+    lm = Generator.load(args.model, args.adapter, device=args.device)
     report = evaluate_identity(lm, name, author, questions, old_names=old, system=args.system)
     report["model"], report["adapter"] = args.model, args.adapter
     print(identity_text(report))
@@ -84,15 +80,15 @@ def run_identity(args) -> int:
 
 def run_retention(args) -> int:
     from tunesmith.eval import retention
-    from tunesmith.eval.generate import fit_threads_to_load, load_for_eval
     from tunesmith.eval.report import retention_text, write_json
+    from tunesmith.model.generate import Generator, fit_threads_to_load
 
     fit_threads_to_load()
     prompts = retention.load_prompts(args.prompts)
-    base_lm = load_for_eval(args.base, device=args.device)
+    base_lm = Generator.load(args.base, device=args.device)
     base = retention.measure(base_lm, prompts)
     del base_lm
-    tuned_lm = load_for_eval(args.model, args.adapter, device=args.device)
+    tuned_lm = Generator.load(args.model, args.adapter, device=args.device)
     tuned = retention.measure(tuned_lm, prompts, system=args.system, base_general=base["general"])
     report = retention.compare(base, tuned, prompts, name=args.name, author=args.author)
     report.update(model=args.model, adapter=args.adapter, base=args.base)

@@ -48,6 +48,13 @@ def register(subparsers) -> None:
         "--prompts", default=None, help="retention eval prompts, JSON (default: the shipped set)"
     )
     parser.add_argument(
+        "--preference",
+        default=None,
+        choices=("dpo", "ipo", "orpo", "simpo"),
+        help="after SFT, a preference stage: the base model's own (old-name) answers rejected, "
+        "the identity answers chosen (docs/identity.md)",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -82,10 +89,11 @@ def run(args) -> int:
         questions=args.questions,
         prompts=args.prompts,
         old_names=None if args.old_names is None else tuple(split_names(args.old_names)),
+        preference=args.preference,
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     work_dir = args.work_dir or f"work_dirs/identity-{safe}"
-    from tunesmith.eval.generate import fit_threads_to_load
+    from tunesmith.model.generate import fit_threads_to_load
 
     print(f"torch threads: {fit_threads_to_load()}")
     start = time.perf_counter()

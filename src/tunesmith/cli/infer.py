@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     webui = subparsers.add_parser("webui", help="chat in the browser (streamlit)")
     _model_args(webui)
     webui.add_argument("--host", default="127.0.0.1")
-    webui.add_argument("--port", type=int, default=8501)
+    webui.add_argument("--port", type=port, default=8501)
     webui.add_argument("--system", help="initial system prompt")
     webui.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     webui.set_defaults(func=run_webui)
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     )
     _model_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port, default=8000)
     serve.add_argument(
         "--api-key",
         default=os.environ.get("TUNESMITH_API_KEY"),
@@ -64,35 +64,69 @@ def register(subparsers) -> None:
     serve.set_defaults(func=run_serve)
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = at_least(1, int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = at_least(0.0, exclusive=True)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 1]")
+    return value
+
+
+def at_least(low: float, kind: type = float, exclusive: bool = False):
+    """An argparse type: a number of `kind` that is >= low (> low when `exclusive`)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < low or (exclusive and value == low):
+            raise argparse.ArgumentTypeError(f"{value} must be {'>' if exclusive else '>='} {low}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model directory, embedded alias or hub id")
     parser.add_argument("--adapter", metavar="DIR", help="a PEFT adapter dir to put on top")
 
 
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--top-k", type=int, default=40)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=at_least(0.0), default=0.7, help="0 = greedy")
+    parser.add_argument("--top-p", type=probability, default=0.9)
+    parser.add_argument("--top-k", type=at_least(0, int), default=40, help="0 = no limit")
+    parser.add_argument("--repetition-penalty", type=at_least(0.0, exclusive=True), default=1.0)
+    parser.add_argument("--max-new-tokens", type=at_least(1, int), default=512)
     parser.add_argument("--seed", type=int)
 
 
-def _sampling(args) -> dict:
-    return {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "repetition_penalty": args.repetition_penalty,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-    }
+def _sampling(args):
+    from tunesmith.model.generate import Sampling
+
+    return Sampling(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
 
 
-def _engine(args):
-    from tunesmith.infer.engine import Engine
+def _generator(args):
+    from tunesmith.infer.chat import load_generator
 
-    return Engine.load(
+    return load_generator(
         args.model,
         adapter=args.adapter,
         template=args.prompt_template,
@@ -105,17 +139,18 @@ def _engine(args):
 def run_chat(args) -> int:
     from tunesmith.infer import chat
 
-    engine = _engine(args)
+    sampling = _sampling(args)  # checked before the model loads
+    generator = _generator(args)
     stream = not args.no_streamer
     if args.prompt:
-        chat.answer_prompts(engine, args.prompt, _sampling(args), stream)
+        chat.answer_prompts(generator, args.prompt, sampling, stream)
     else:
-        chat.interactive(engine, _sampling(args), stream)
+        chat.interactive(generator, sampling, stream)
     return 0
 
 
 def run_webui(args) -> int:
-    from tunesmith.infer.loading import check_adapter_dir
+    from tunesmith.model.generate import check_adapter_dir
     from tunesmith.model.resolve import resolve_model_path
 
     resolve_model_path(args.model, with_weights=False)  # fail here, not in the browser
@@ -149,15 +184,12 @@ def run_webui(args) -> int:
 
 
 def run_serve(args) -> int:
-    import uvicorn
+    from tunesmith.infer.server import serve
 
-    from tunesmith.infer.server import create_app
-
-    engine = _engine(args)
+    generator = _generator(args)
     name = args.model_name or Path(args.model.rstrip("/")).name
-    app = create_app(engine, model_name=name, api_key=args.api_key)
     print(
         f"OpenAI-compatible API on http://{args.host}:{args.port}/v1 (model id: {name})", flush=True
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    serve(generator, name, host=args.host, port=args.port, api_key=args.api_key)
     return 0

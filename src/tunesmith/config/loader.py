@@ -21,8 +21,10 @@ from pydantic import BaseModel, ValidationError
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
+from tunesmith.fileio import read_text
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+CONFIG_SUFFIXES = (".yaml", ".yml", "")
 
 # XTuner's top-level variable names (and a few tunesmith ones) -> where they live.
 FLAT_KEYS: dict[str, str] = {
@@ -360,7 +362,7 @@ def _validate(data: dict, source: _Source) -> Config:
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """A built-in recipe name or a YAML path, with `key.sub=value` overrides applied."""
     path = _find_config(name_or_path)
-    data, lines = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    data, lines = _parse_yaml(read_text(path, "config"), str(path))
     source = _Source(str(path), lines)
     if data is None:
         data = {}
@@ -382,7 +384,14 @@ def _find_config(name_or_path: str) -> Path:
             f"{path} is a Python (XTuner) config; convert it once with "
             f"`tunesmith convert-cfg {path} {yaml_name}` and use {yaml_name}"
         )
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a config file; give a .yaml file")
     if path.is_file():
+        if path.suffix.lower() not in CONFIG_SUFFIXES:
+            raise UserError(
+                f"{path}: a config is a YAML file (.yaml / .yml), not a {path.suffix or 'file'} "
+                f"file; data files go in data.files"
+            )
         return path
     if _looks_like_path(name_or_path):
         raise UserError(f"config file {name_or_path} does not exist")

@@ -9,6 +9,7 @@ A config reads in parts, user-facing knobs first:
     train:        optimizer, schedule, batch, epochs, precision
     runtime:      checkpoints, chat samples, logging, work_dir
     guard:        mixing general data into identity training (forgetting guard)
+    preference:   preference tuning (DPO / IPO / ORPO / SimPO) on chosen / rejected pairs; null = SFT
 
 Every part forbids unknown keys; `tunesmith.config.loader` turns the error into
 one line naming the key and the nearest valid one.
@@ -19,6 +20,17 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The chat templates built into tunesmith.data.templates (`auto`: the tokenizer's own).
+TEMPLATE_NAMES = (
+    "auto",
+    "chatml",
+    "default",
+    "internlm2_chat",
+    "llama3_chat",
+    "qwen_chat",
+    "zephyr",
+)
 
 
 class _Part(BaseModel):
@@ -131,6 +143,23 @@ class GuardConfig(_Part):
     max_new_tokens: int = Field(96, ge=1)
 
 
+class PreferenceConfig(_Part):
+    """Preference tuning on {prompt, chosen, rejected} pairs (train/preference.py has the maths)."""
+
+    # dpo: sigmoid loss on the reference-relative log-ratio margin (Rafailov et al. 2023);
+    # ipo: squared loss on the length-normalised margin (Azar et al. 2023), as TRL's loss_type ipo;
+    # orpo: odds-ratio term + NLL on chosen, no reference model (Hong et al. 2024);
+    # simpo: length-normalised log-probs with a target margin gamma, no reference (Meng et al. 2024)
+    loss: Literal["dpo", "ipo", "orpo", "simpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)  # dpo/ipo: KL strength; orpo: lambda; simpo: reward scale
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # dpo, simpo: share of flipped labels
+    gamma: float = Field(0.5, ge=0)  # simpo: target reward margin
+    # Reference log-probs (dpo, ipo). auto: LoRA/QLoRA run the model with its adapter
+    # disabled (no second copy), full fine-tuning keeps a frozen copy. precomputed: one pass
+    # over the data before training, kept in work_dir (no copy, no second forward per step).
+    reference: Literal["auto", "copy", "precomputed"] = "auto"
+
+
 class Config(_Part):
     model: ModelConfig = Field(default_factory=ModelConfig)
     quantization: QuantizationConfig | None = None
@@ -139,6 +168,7 @@ class Config(_Part):
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    preference: PreferenceConfig | None = None
 
     @property
     def method(self) -> Literal["full", "lora", "qlora"]:

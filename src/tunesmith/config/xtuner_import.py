@@ -427,7 +427,7 @@ class _Mapper:
         return out
 
     def _template(self, name: str) -> str:
-        from tunesmith.data.templates import TEMPLATE_NAMES
+        from tunesmith.config.schema import TEMPLATE_NAMES
 
         if name in TEMPLATE_NAMES:
             return name

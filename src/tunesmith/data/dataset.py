@@ -32,7 +32,7 @@ from tunesmith.data.templates import ChatTemplate, get_template
 from tunesmith.data.tokenize import IGNORE, join_segments, tokenize_rendered
 from tunesmith.errors import UserError
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 CHUNK = 2048  # conversations per tokenizer call
 
 
@@ -114,8 +114,14 @@ def build_dataset(cfg, tokenizer, progress: bool = True) -> TrainDataset:
     doc_ids: list[np.ndarray] = []
     doc_labels: list[np.ndarray] = []
     raw_lengths: list[int] = []
+    left_out: list[str] = []  # records that teach nothing (empty or no answer), with why
     for entry in data.files:
-        conversations = load_conversations(entry.path, entry.format)
+        conversations = []
+        for conversation in load_conversations(entry.path, entry.format):
+            if conversation.problem:
+                left_out.extend([conversation.problem] * entry.repeat)
+            else:
+                conversations.append(conversation)
         ids, labels = tokenize_conversations(
             conversations, tokenizer, template, data.system, progress=progress, desc=entry.path
         )
@@ -124,6 +130,9 @@ def build_dataset(cfg, tokenizer, progress: bool = True) -> TrainDataset:
             doc_labels.extend(labels)
         raw_lengths.extend([len(x) for x in ids] * entry.repeat)
     arrays, summary = _assemble(doc_ids, doc_labels, raw_lengths, data)
+    summary["no_answer"] = len(left_out)
+    if summary["records"] == 0:
+        raise UserError(_why_empty(summary, left_out, data.max_length))
     summary["template"] = template.name
     _save(cache, arrays, summary)
     return TrainDataset(arrays, summary, pad_id)
@@ -166,6 +175,7 @@ def _collect(future, ids, labels, bar) -> None:
 def _assemble(doc_ids, doc_labels, raw_lengths, data) -> tuple[dict[str, np.ndarray], dict]:
     max_length = data.max_length
     truncated = sum(1 for n in raw_lengths if n > max_length)
+    had_loss = [bool((x[1:] != IGNORE).any()) for x in doc_labels]
     doc_ids = [x[:max_length] for x in doc_ids]
     doc_labels = [x[:max_length].copy() for x in doc_labels]
     for labels in doc_labels:
@@ -177,6 +187,7 @@ def _assemble(doc_ids, doc_labels, raw_lengths, data) -> tuple[dict[str, np.ndar
     # marked without loss) would only cost compute: leave it out, and count it.
     keep = [i for i, labels in enumerate(doc_labels) if (labels != IGNORE).any()]
     dropped = len(doc_ids) - len(keep)
+    no_loss = sum(1 for i, lab in enumerate(doc_labels) if not had_loss[i])
     doc_ids = [doc_ids[i] for i in keep]
     doc_labels = [doc_labels[i] for i in keep]
     raw_lengths = [raw_lengths[i] for i in keep]
@@ -203,12 +214,42 @@ def _assemble(doc_ids, doc_labels, raw_lengths, data) -> tuple[dict[str, np.ndar
         "tokens": int(len(ids)),
         "trainable_tokens": int((labels != IGNORE).sum()),
         "truncated": truncated,
-        "dropped": dropped,
+        "dropped": dropped,  # no token with loss left: cut by max_length, or none marked
+        "no_loss": no_loss,  # of those, none marked with loss to begin with
         "rows": len(bins),
         "max_length": max_length,
         "packed": bool(data.pack_to_max_length),
     }
     return arrays, summary
+
+
+def _why_empty(summary: dict, left_out: list[str], max_length: int) -> str:
+    """The message when every record was left out, saying why."""
+    lost, empty, unmarked = summary["dropped"], len(left_out), summary["no_loss"]
+    total = lost + empty
+    lost -= unmarked
+    if unmarked:
+        return (
+            f"data.files: all {total} records were left out ({unmarked} mark no answer with "
+            f"loss, {lost} lost every answer token to max_length={max_length}, {empty} have "
+            f"an empty answer or none)"
+        )
+    if lost and not empty:
+        return (
+            f"data.files: all {total} records lost every answer token to max_length="
+            f"{max_length}; raise data.max_length or shorten the prompts"
+        )
+    if empty and not lost:
+        return (
+            f"data.files: all {total} records have an empty answer or none (first: {left_out[0]})"
+        )
+    if not total:
+        return "data.files: the data files hold no records; add some"
+    return (
+        f"data.files: all {total} records were left out: {empty} with an empty answer or "
+        f"none (first: {left_out[0]}), {lost} lost every answer token to "
+        f"max_length={max_length}"
+    )
 
 
 # ---- the cache -------------------------------------------------------------------------------

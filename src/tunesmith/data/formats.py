@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tunesmith.data.jsonio import iter_json_list, iter_jsonl
 from tunesmith.errors import UserError, where
+from tunesmith.fileio import check_readable_file, decode_error
 
 FORMATS = ("conversation", "messages", "alpaca", "sharegpt")
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -45,12 +46,16 @@ class Turn:
     role: str  # system | user | assistant
     content: str
     trainable: bool = False  # only assistant turns can carry loss
+    key: str = field(default="", compare=False)  # where it came from, e.g. "messages[2].content"
 
 
 @dataclass
 class Conversation:
     turns: list[Turn]
     source: str = field(default="", compare=False)  # file:line, for error messages
+    # why the record teaches nothing (an empty answer, no answer), or None: such records
+    # are reported by `data check` and left out (and counted) by training
+    problem: str | None = field(default=None, compare=False)
 
     @property
     def system(self) -> str | None:
@@ -71,15 +76,17 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such data file; check data.files in the config")
+    check_readable_file(path, "data file")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        yield from _iter_jsonl(path)
-    elif suffix == ".json":
-        yield from _iter_json(path)
-    elif suffix == ".parquet":
-        yield from _iter_parquet(path)
-    else:
+    readers = {".jsonl": _iter_jsonl, ".json": _iter_json, ".parquet": _iter_parquet}
+    if suffix not in readers:
         raise UserError(f"{path}: unsupported data file type; use one of {', '.join(SUFFIXES)}")
+    try:
+        yield from readers[suffix](path)
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read this data file ({exc.strerror or exc})") from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
@@ -104,9 +111,14 @@ def _records(values, path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except pa.ArrowException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable Parquet file ({first})") from None
     if not rows:
         raise UserError(f"{path}: the file is empty; add records or remove it from data.files")
     for i, record in enumerate(rows, 1):
@@ -117,6 +129,11 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def detect_format(record: dict, loc: str) -> str:
+    if {"chosen", "rejected", "preferred_output"} & record.keys():
+        raise UserError(
+            f"{loc}: a preference record (chosen / rejected); train pairs with a "
+            "`preference:` part in the config (e.g. preference: {loss: dpo})"
+        )
     if "conversation" in record:
         return "conversation"
     if "messages" in record:
@@ -141,9 +158,20 @@ def to_conversation(record: dict, fmt: str, loc: str) -> Conversation:
     except KeyError:
         raise UserError(f"{loc}: unknown format '{fmt}'; use auto or one of {FORMATS}") from None
     turns = convert(record, loc)
+    return Conversation(turns, source=loc, problem=answer_problem(turns, loc))
+
+
+def answer_problem(turns: list[Turn], loc: str) -> str | None:
+    """Why a record would teach the model nothing, or to answer nothing; None when it is fine."""
     if not any(t.role == "assistant" for t in turns):
-        raise UserError(f"{loc}: the record has no assistant answer; add one or delete it")
-    return Conversation(turns, source=loc)
+        return f"{loc}: the record has no assistant answer; add one or delete the record"
+    for turn in turns:
+        if turn.trainable and not turn.content.strip():
+            return (
+                f"{loc}: {turn.key or 'an answer'} is an empty answer (training on it teaches "
+                f"the model to say nothing); write the answer or delete the record"
+            )
+    return None
 
 
 def _text(value, loc: str, key: str, required: bool = True) -> str:
@@ -186,7 +214,8 @@ def _from_conversation(record: dict, loc: str) -> list[Turn]:
         user = _text(item.get("input"), loc, f"{key}.input", required=False)
         turns.append(Turn("user", user))
         loss = _flag(item.get("output_with_loss"))
-        turns.append(Turn("assistant", _text(item["output"], loc, f"{key}.output"), loss))
+        output = _text(item["output"], loc, f"{key}.output")
+        turns.append(Turn("assistant", output, loss, f"{key}.output"))
     return turns
 
 
@@ -200,7 +229,7 @@ def _from_alpaca(record: dict, loc: str) -> list[Turn]:
     if record.get("system"):
         turns.append(Turn("system", _text(record["system"], loc, "system")))
     turns.append(Turn("user", user))
-    turns.append(Turn("assistant", _text(record["output"], loc, "output"), True))
+    turns.append(Turn("assistant", _text(record["output"], loc, "output"), True, "output"))
     return turns
 
 
@@ -234,7 +263,8 @@ def _role_list(items, loc: str, name: str, role_key: str, text_key: str, roles: 
                 f"use one of {', '.join(roles)}"
             )
         content = _text(item.get(text_key), loc, f"{key}.{text_key}")
-        turns.append(Turn(role, content, role == "assistant" and _flag(item.get("loss"))))
+        trainable = role == "assistant" and _flag(item.get("loss"))
+        turns.append(Turn(role, content, trainable, f"{key}.{text_key}"))
     return _check_order(turns, loc)
 
 

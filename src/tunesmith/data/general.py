@@ -5,6 +5,13 @@ where nobody asked ("Paris. I am Ada."). Mixing in the base model's own greedy
 answers to general prompts (self-distillation) anchors everything else to what
 the base already did, with nothing downloaded. The answers are generated once
 and cached in the work dir, keyed by model, prompts and length.
+
+Only answers a reader would accept are kept (data/fluency): in the prompt's language,
+not degenerate, not an echo of the prompt. A small base model often answers a Chinese
+prompt in English or by repeating it (SmolLM2-135M: 25 of the 28 shipped Chinese
+prompts); training on those would teach the tuned model the same habits. The shipped
+prompts therefore carry `references`, written answers for the prompts a small model
+cannot answer; the guard trains on those instead of asking the base.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from importlib import resources
 from pathlib import Path
 
 from tunesmith.config.schema import Config, DataFile
+from tunesmith.data.fluency import answered_in, language_of, repetition
 from tunesmith.errors import UserError, where
+from tunesmith.fileio import atomic_write_text, read_text
+from tunesmith.model.generate import Generator
 
 GUARD_DIR = "guard"
 _SENTENCE_END = re.compile(r"[.!?。！？\n]")
@@ -33,7 +43,7 @@ def load_general_prompts(path: str | Path | None = None) -> list[str]:
         raise UserError(
             f"guard.prompts: {path} does not exist; give a file of prompts or leave it null"
         )
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "guard.prompts file")
     if path.suffix == ".json":
         try:
             doc = json.loads(text)
@@ -48,6 +58,21 @@ def load_general_prompts(path: str | Path | None = None) -> list[str]:
     return prompts
 
 
+def load_references(path: str | Path | None = None) -> dict[str, str]:
+    """{prompt: answer} from the prompts file's `references` (the shipped file has them for
+    its Chinese prompts; a file of your own may add them; other files have none)."""
+    path = Path(path) if path else default_prompts_path()
+    if path.suffix != ".json":
+        return {}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    refs = doc.get("references", {}) if isinstance(doc, dict) else {}
+    if not isinstance(refs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in refs.items()
+    ):
+        raise UserError(f"{path}: 'references' must map each prompt to a non-empty answer")
+    return refs
+
+
 def whole_sentences(text: str) -> str:
     """An answer cut by the length limit, trimmed back to its last full sentence.
 
@@ -57,18 +82,24 @@ def whole_sentences(text: str) -> str:
     return text[: ends[-1]].strip() if ends else ""
 
 
-def distill(lm, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Conversation records: each prompt with the model's own greedy answer (no system:
-    training gives them the config's system prompt, so the new identity asks for them)."""
-    from tunesmith.eval.generate import greedy_generate
+def acceptable(prompt: str, answer: str) -> bool:
+    """Whether a base answer is fit to train on: in the prompt's language, not degenerate."""
+    return bool(answer) and (
+        answered_in(answer, language_of(prompt)) and repetition(answer, question=prompt) is None
+    )
 
-    answers = greedy_generate(
-        lm, prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
+
+def distill(generator: Generator, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Conversation records: each prompt with the model's own greedy answer (no system:
+    training gives them the config's system prompt, so the new identity asks for them).
+    Answers that fail `acceptable` are left out."""
+    answers = generator.greedy_answers(
+        prompts, max_new_tokens=max_new_tokens, desc="guard: base answers"
     )
     records = []
-    for prompt, (text, finished) in zip(prompts, answers, strict=True):
-        text = text if finished else whole_sentences(text)
-        if text:
+    for prompt, answer in zip(prompts, answers, strict=True):
+        text = answer.text if answer.finished else whole_sentences(answer.text)
+        if acceptable(prompt, text):
             records.append({"conversation": [{"input": prompt, "output": text}]})
     return records
 
@@ -85,28 +116,74 @@ def mix_size(ratio: float, identity_records: int) -> int:
     return round(ratio * identity_records)
 
 
-def _key(cfg: Config, prompts: list[str]) -> dict:
-    digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+def _key(cfg: Config, prompts: list[str], references: dict[str, str]) -> dict:
+    text = json.dumps([prompts, references], ensure_ascii=False, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     return {"model": cfg.model.path, "prompts": digest, "max_new_tokens": cfg.guard.max_new_tokens}
 
 
 def base_answers(cfg: Config, work_dir: str | Path) -> list[dict]:
-    """The distilled records, from `work_dir/guard/answers.jsonl` when made with the same key."""
+    """The distilled records (base answers, or references where given), from
+    `work_dir/guard/answers.jsonl` when made with the same key."""
     out = Path(work_dir) / GUARD_DIR
     prompts = load_general_prompts(cfg.guard.prompts)
-    key = _key(cfg, prompts)
+    references = load_references(cfg.guard.prompts)
+    key = _key(cfg, prompts, references)
     answers, key_file = out / "answers.jsonl", out / "key.json"
     if answers.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         return [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
 
-    from tunesmith.eval.generate import load_for_eval
-
-    lm = load_for_eval(cfg.model.path)
-    records = distill(lm, prompts, cfg.guard.max_new_tokens)
+    asked = [p for p in prompts if p not in references]
+    records = []
+    if asked:
+        records = distill(Generator.load(cfg.model.path), asked, cfg.guard.max_new_tokens)
+    records += [
+        {"conversation": [{"input": p, "output": references[p]}]}
+        for p in prompts
+        if p in references
+    ]
     out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(answers, records)
-    key_file.write_text(json.dumps(key))
+    atomic_write_text(key_file, json.dumps(key))
     return records
+
+
+def mix_path(work_dir: str | Path) -> Path:
+    return Path(work_dir) / GUARD_DIR / "general_mix.jsonl"
+
+
+def planned_guard(cfg: Config, work_dir: str | Path) -> tuple[Config, int]:
+    """(`cfg` with the guard's mix file in data.files, records the mix will hold); nothing
+    is generated or written, so a run can be checked (and refused) before that work.
+
+    Reads the data files (to count records) and the prompts file: their mistakes show here.
+    Unchanged (and 0) when the guard is off or already planned."""
+    if not cfg.guard.enabled or cfg.guard.ratio == 0:
+        return cfg, 0
+    load_general_prompts(cfg.guard.prompts)
+    mix = mix_path(work_dir)
+    if any(Path(f.path) == mix for f in cfg.data.files):
+        return cfg, 0
+    wanted = mix_size(cfg.guard.ratio, count_records(cfg))
+    if wanted == 0:
+        return cfg, 0
+    data = cfg.data.model_copy(update={"files": [*cfg.data.files, DataFile(path=str(mix))]})
+    return cfg.model_copy(update={"data": data}), wanted
+
+
+def write_guard_mix(cfg: Config, work_dir: str | Path, wanted: int) -> Config:
+    """Generate (or reuse) the base model's answers and write the mix of `wanted` records
+    planned by `planned_guard`; returns `cfg`, without the mix file when the base model
+    gave no usable answer."""
+    mix = mix_path(work_dir)
+    if wanted == 0:
+        return cfg
+    records = base_answers(cfg, work_dir)
+    if not records:
+        files = [f for f in cfg.data.files if Path(f.path) != mix]
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"files": files})})
+    _write_jsonl(mix, [records[i % len(records)] for i in range(wanted)])
+    return cfg
 
 
 def with_guard(cfg: Config, work_dir: str | Path) -> Config:
@@ -114,24 +191,9 @@ def with_guard(cfg: Config, work_dir: str | Path) -> Config:
 
     The mix holds `guard.ratio` general records per identity record, cycling through
     the distilled answers. Calling it again with the same work dir adds nothing twice."""
-    if not cfg.guard.enabled or cfg.guard.ratio == 0:
-        return cfg
-    mix = Path(work_dir) / GUARD_DIR / "general_mix.jsonl"
-    if any(Path(f.path) == mix for f in cfg.data.files):
-        return cfg
-    wanted = mix_size(cfg.guard.ratio, count_records(cfg))
-    records = base_answers(cfg, work_dir)
-    if not records or wanted == 0:
-        return cfg
-    _write_jsonl(mix, [records[i % len(records)] for i in range(wanted)])
-    data = cfg.data.model_copy(update={"files": [*cfg.data.files, DataFile(path=str(mix))]})
-    return cfg.model_copy(update={"data": data})
+    planned, wanted = planned_guard(cfg, work_dir)
+    return write_guard_mix(planned, work_dir, wanted)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-    )
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 
 ASSETS = Path(__file__).parent / "assets" / "identity.json"
 LANGUAGES = ("zh", "en")
@@ -55,12 +56,14 @@ def generate_identity(
     repeat: int = 1,
     system: str | None = None,
     seed: int = 0,
+    others_per_question: int = 3,
 ) -> list[dict]:
     """Identity records in XTuner's conversation format.
 
     Every question template appears `repeat` times per language (the "are you
-    {{other}}?" ones once per other assistant's name), each time with an
-    answer drawn from its category. Deterministic for a given seed.
+    {{other}}?" ones with `others_per_question` other assistants' names, drawn from
+    `others`), each time with an answer drawn from its category. Deterministic for a
+    given seed.
     """
     name, author = check_text("name", name), check_text("author", author)
     if repeat < 1:
@@ -71,12 +74,18 @@ def generate_identity(
         raise UserError(f"--lang {','.join(langs)}: use a comma-separated subset of zh,en")
     others = [o for o in templates["others"] if o.lower() not in (name.lower(), author.lower())]
     rng = random.Random(seed)
+    # each "are you {{other}}?" question takes the next names in turn, so every name is asked
+    turn_of_others = 0
     records = []
     for _ in range(repeat):
         for lang in langs:
             for group in templates[lang].values():
                 for question in group["questions"]:
-                    fills = others if "{{other}}" in question else [None]
+                    fills = [None]
+                    if "{{other}}" in question and others:
+                        k = min(others_per_question, len(others))
+                        fills = [others[(turn_of_others + j) % len(others)] for j in range(k)]
+                        turn_of_others += k
                     for other in fills:
                         values = {"name": name, "author": author}
                         if other:
@@ -91,10 +100,4 @@ def generate_identity(
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

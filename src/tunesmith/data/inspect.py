@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.formats import SUFFIXES, detect_format, iter_records, to_conversation
+from tunesmith.data.preference import preference_format, to_pair
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
 
@@ -43,9 +44,13 @@ def check_files(
             for loc, record in iter_records(entry.path):
                 report.records += 1
                 try:
-                    fmt = detect_format(record, loc) if entry.format == "auto" else entry.format
-                    conversations.append(to_conversation(record, fmt, loc))
+                    fmt, found = _conversations_of(record, entry.format, loc)
                     report.formats[fmt] = report.formats.get(fmt, 0) + 1
+                    for conversation in found:
+                        if conversation.problem:  # training would leave it out
+                            report.errors.append(conversation.problem)
+                        else:
+                            conversations.append(conversation)
                 except UserError as exc:
                     report.errors.append(str(exc))
         except UserError as exc:  # the file itself is unreadable (missing, empty, bad JSON line)
@@ -61,9 +66,31 @@ def check_files(
             )
             report.lengths = [len(x) for x in ids]
             report.trainable = int(sum(int((lab != IGNORE).sum()) for lab in labels))
-            report.no_loss = sum(1 for lab in labels if not (lab[1:max_length] != IGNORE).any())
+            for conversation, lab in zip(conversations, labels, strict=True):
+                if not (lab[1:max_length] != IGNORE).any():
+                    report.no_loss += 1
+                    report.errors.append(_no_loss_message(conversation.source, lab, max_length))
         reports.append(report)
     return reports
+
+
+def _no_loss_message(loc: str, labels: np.ndarray, max_length: int) -> str:
+    if (labels[1:] != IGNORE).any():
+        return (
+            f"{loc}: no answer token is left within max_length={max_length} (the prompt takes "
+            f"it all); training leaves the record out: shorten it or raise data.max_length"
+        )
+    return f"{loc}: no answer carries loss; training leaves the record out"
+
+
+def _conversations_of(record: dict, fmt: str, loc: str) -> tuple[str, list]:
+    """(format name, conversations): one for an SFT record, chosen + rejected for a pair."""
+    layout = preference_format(record)
+    if layout is not None:
+        pair = to_pair(record, loc, fmt)
+        return f"preference {layout}", [pair.chosen, pair.rejected]
+    fmt = detect_format(record, loc) if fmt == "auto" else fmt
+    return fmt, [to_conversation(record, fmt, loc)]
 
 
 def format_report(reports: list[FileReport], max_length: int, template_name: str) -> str:
@@ -87,7 +114,7 @@ def format_report(reports: list[FileReport], max_length: int, template_name: str
         lines.append(f"truncated at max_length {max_length}: {truncated} of {len(lengths)} records")
         no_loss = sum(r.no_loss for r in reports)
         if no_loss:
-            lines.append(f"left out (no token with loss after truncation): {no_loss} records")
+            lines.append(f"left out (no token with loss within max_length): {no_loss} records")
     return "\n".join(lines)
 
 
@@ -117,6 +144,35 @@ def show_document(dataset, tokenizer, index: int, what: str) -> str:
             f"--index {index} is out of range: the dataset has {dataset.num_documents} records"
         )
     ids, labels = dataset.document(index)
+    s = dataset.summary
+    header = (
+        f"record {index} of {dataset.num_documents}: {len(ids)} tokens, "
+        f"{int((labels != IGNORE).sum())} with loss | dataset: {s['rows']} rows "
+        f"({'packed' if s['packed'] else 'unpacked'}, max_length {s['max_length']}), "
+        f"{s['truncated']} truncated"
+    )
+    return f"{header}\n\n{_views(tokenizer, ids, labels, what)}"
+
+
+def show_pair(dataset, tokenizer, index: int, what: str) -> str:
+    """Both sequences of preference pair `index`: chosen, then rejected."""
+    if not 0 <= index < dataset.num_pairs:
+        raise UserError(
+            f"--index {index} is out of range: the dataset has {dataset.num_pairs} pairs"
+        )
+    s = dataset.summary
+    parts = [
+        f"pair {index} of {dataset.num_pairs} | dataset: {s['rows']} rows (max_length "
+        f"{s['max_length']} per sequence), {s['truncated']} sequences truncated"
+    ]
+    for side, doc in (("chosen", 2 * index), ("rejected", 2 * index + 1)):
+        ids, labels = dataset.document(doc)
+        parts.append(f"===== {side}: {len(ids)} tokens, {int((labels != IGNORE).sum())} with loss")
+        parts.append(_views(tokenizer, ids, labels, what))
+    return "\n\n".join(parts)
+
+
+def _views(tokenizer, ids, labels, what: str) -> str:
     parts = []
     if what in ("text", "all"):
         parts.append(("text", tokenizer.decode(ids.tolist(), skip_special_tokens=False)))
@@ -126,11 +182,4 @@ def show_document(dataset, tokenizer, index: int, what: str) -> str:
         parts.append(("input_ids", str(ids.tolist())))
     if what in ("labels", "all"):
         parts.append(("labels", str(labels.tolist())))
-    s = dataset.summary
-    header = (
-        f"record {index} of {dataset.num_documents}: {len(ids)} tokens, "
-        f"{int((labels != IGNORE).sum())} with loss | dataset: {s['rows']} rows "
-        f"({'packed' if s['packed'] else 'unpacked'}, max_length {s['max_length']}), "
-        f"{s['truncated']} truncated"
-    )
-    return "\n\n".join([header] + [f"--- {name} ---\n{body}" for name, body in parts])
+    return "\n\n".join(f"--- {name} ---\n{body}" for name, body in parts)

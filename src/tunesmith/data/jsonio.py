@@ -26,11 +26,14 @@ def iter_jsonl(
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(
                 f"{where(path, line_no)}: not valid JSON ({exc.msg}); fix or delete this line"
             ) from None
+        except RecursionError:
+            raise UserError(_too_deep(path, line_no)) from None
+        yield line_no, value
 
 
 def iter_json_list(
@@ -73,22 +76,41 @@ def iter_json_list(
                     raise UserError(
                         f"{where(path, here())}: not valid JSON ({exc.msg}); fix this record"
                     ) from None
+            except RecursionError:
+                raise UserError(_too_deep(path, here())) from None
+
+    def end() -> None:
+        """Only blanks may follow the list (or the single record)."""
+        if peek():
+            raise UserError(
+                f"{where(path, here())}: unexpected text after the end of the JSON "
+                f"{'list' if first == '[' else 'record'}; delete it"
+            )
 
     first = peek()
     if first == "{":  # a file holding one record
         yield here(), decode()
+        end()
         return
     if first != "[":
         raise UserError(f"{where(path, here())}: a .json data file must hold a list of records")
     pos += 1
     if peek() == "]":
+        pos += 1
+        end()
         return
     while True:
         yield here(), decode()
         c = peek()
         if c == "]":
+            pos += 1
+            end()
             return
         if c != ",":
             raise UserError(f"{where(path, here())}: expected ',' or ']' after a record")
         pos += 1
         peek()  # to the next record (raw_decode does not skip blanks)
+
+
+def _too_deep(path: Path, line: int) -> str:
+    return f"{where(path, line)}: JSON nested too deeply to read; a record is a flat object"

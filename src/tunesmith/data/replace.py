@@ -8,14 +8,13 @@ written, even when a bad line stops the run.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from tunesmith.data.jsonio import iter_json_list, iter_jsonl
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_file, check_new_output, check_readable_file, decode_error
 
 
 def replace_in_value(value, old: str, new: str) -> tuple[object, int]:
@@ -39,24 +38,29 @@ def replace_in_value(value, old: str, new: str) -> tuple[object, int]:
 
 
 def replace_file(
-    src: str | Path, dst: str | Path, old: str, new: str, progress: bool = True
+    src: str | Path,
+    dst: str | Path,
+    old: str,
+    new: str,
+    progress: bool = True,
+    force: bool = False,
 ) -> dict:
-    """Write `src` to `dst` with `old` replaced by `new`; returns {"records", "replacements"}."""
-    src, dst = Path(src), Path(dst)
+    """Write `src` to `dst` with `old` replaced by `new`; returns {"records", "replacements"}.
+
+    An existing `dst` is refused unless `force` (it may be `src` itself)."""
     if not old:
         raise UserError("--old-text is empty; give the text to replace")
-    if not src.exists():
-        raise UserError(f"{src}: no such file")
+    src = check_readable_file(src, "data file")
     suffix = src.suffix.lower()
     if suffix not in (".jsonl", ".json"):
         raise UserError(f"{src}: data replace reads .jsonl or .json files")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    dst = check_new_output(dst, force=force)
     counts = {"records": 0, "replacements": 0}
     try:
         with (
+            atomic_file(dst) as tmp,
             open(src, encoding="utf-8-sig") as f,
-            os.fdopen(fd, "w", encoding="utf-8") as out,
+            open(tmp, "w", encoding="utf-8") as out,
             tqdm(
                 total=src.stat().st_size,
                 unit="B",
@@ -79,11 +83,8 @@ def replace_file(
                 counts["replacements"] += n
             if suffix == ".json":
                 out.write("\n]\n")
-        os.replace(tmp_name, dst)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{decode_error(src, exc)} ({dst} was not written)") from None
     except UserError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
         raise UserError(f"{exc} ({dst} was not written)") from None
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return counts

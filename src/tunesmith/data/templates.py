@@ -16,11 +16,13 @@ text training saw; export writes it into the tokenizer so every client
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 
 import jinja2
 
+from tunesmith.config.schema import TEMPLATE_NAMES
 from tunesmith.data.formats import Conversation, Turn
 from tunesmith.errors import UserError
 
@@ -192,17 +194,6 @@ def _named(name: str, tokenizer) -> WrapperTemplate | None:
         "default": lambda: _default(eos),
         "zephyr": _zephyr,
     }.get(name, lambda: None)()
-
-
-TEMPLATE_NAMES = (
-    "auto",
-    "chatml",
-    "default",
-    "internlm2_chat",
-    "llama3_chat",
-    "qwen_chat",
-    "zephyr",
-)
 
 
 class AutoTemplate(ChatTemplate):
@@ -398,9 +389,32 @@ def get_template(name: str, tokenizer=None) -> ChatTemplate:
         if tokenizer is None:
             raise UserError("template auto needs the model's tokenizer")
         return AutoTemplate(tokenizer)
-    template = _named(name, tokenizer)
-    if template is None:
-        raise UserError(
-            f"unknown template '{name}' (data.template); use one of {', '.join(TEMPLATE_NAMES)}"
-        )
-    return template
+    check_template_name(name)
+    return _named(name, tokenizer)
+
+
+def check_template_name(name: str) -> None:
+    """A UserError naming data.template when `name` is neither `auto` nor a known template."""
+    if name == "auto" or name in TEMPLATE_NAMES:
+        return
+    close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise UserError(
+        f"data.template: unknown template '{name}'; {hint}use auto (the tokenizer's own) or one "
+        f"of {', '.join(TEMPLATE_NAMES)}"
+    )
+
+
+def turn_stop_words(tokenizer) -> list[str]:
+    """The end-of-turn marker(s) of the tokenizer's own chat template, where it can be probed
+    ([] for a template that cannot be; prompting with it still works)."""
+    try:
+        return list(get_template("auto", tokenizer).stop_words)
+    except UserError:
+        return []
+
+
+def prompt_template(name: str | None, tokenizer) -> ChatTemplate | None:
+    """The template generation renders prompts with: a named one, or None for the tokenizer's
+    own chat_template (rendered by the tokenizer; see `turn_stop_words` for its stops)."""
+    return get_template(name, tokenizer) if name and name != "auto" else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunesmith.fileio import atomic_write_text
+
 
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
@@ -20,9 +22,18 @@ def identity_text(report: dict, answers: bool = True) -> str:
         f"{lang} {pct(v['hit_rate'])} ({v['hits']}/{v['questions']})"
         for lang, v in report["by_lang"].items()
     )
+    keyword = ", ".join(
+        f"{lang} {pct(v['keyword_hit_rate'])} ({v['keyword_hits']}/{v['questions']})"
+        for lang, v in report["by_lang"].items()
+    )
+    failed = ", ".join(f"{check} {n}" for check, n in report["failed_checks"].items())
     lines = [
         f"identity: {report['name']} by {report['author']}",
-        f"  hit rate {pct(report['hit_rate'])} ({report['hits']}/{report['questions']}): {langs}",
+        f"  identity rate (every check) {pct(report['hit_rate'])} "
+        f"({report['hits']}/{report['questions']}): {langs}",
+        f"  keyword hit rate {pct(report['keyword_hit_rate'])} "
+        f"({report['keyword_hits']}/{report['questions']}): {keyword}",
+        f"  answers failing each check: {failed}",
         f"  states the name {pct(report['name_rate'])}, the author {pct(report['author_rate'])} (where asked)",
         f"  claims the old identity ({', '.join(report['old_names']) or 'none given'}) "
         f"in {report['old_claims']} answers",
@@ -31,6 +42,7 @@ def identity_text(report: dict, answers: bool = True) -> str:
         for a in report["answers"]:
             mark = "ok  " if a["hit"] else "MISS"
             lines.append(f"  {mark} [{a['lang']}] {a['question']} -> {_one_line(a['answer'])}")
+            lines += [f"         {why}" for why in a["failed"]]
     return "\n".join(lines)
 
 
@@ -63,11 +75,7 @@ def retention_text(report: dict, answers: bool = True) -> str:
 
 
 def write_json(report: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(report, ensure_ascii=False, indent=2))
 
 
 def _frac(hits: int, total: int) -> str:
@@ -83,18 +91,27 @@ def workflow_markdown(report: dict) -> str:
         report["retention"]["leakage"],
     )
     base_leak = report["base_leakage"]
-    rows = [
-        (
-            "identity hit rate",
-            _frac(ib["hits"], ib["questions"]),
-            _frac(it["hits"], it["questions"]),
-        ),
-    ]
-    for lang in it["by_lang"]:
-        b, t = ib["by_lang"].get(lang, {"hits": 0, "questions": 0}), it["by_lang"][lang]
-        rows.append(
-            (f"  {lang}", _frac(b["hits"], b["questions"]), _frac(t["hits"], t["questions"]))
-        )
+    rows = []
+    for label, hits in (
+        ("identity (every check holds)", "hits"),
+        ("keyword hit rate (name / author stated)", "keyword_hits"),
+    ):
+        rows.append((label, _frac(ib[hits], ib["questions"]), _frac(it[hits], it["questions"])))
+        for lang in it["by_lang"]:
+            b = ib["by_lang"].get(lang, {hits: 0, "questions": 0})
+            t = it["by_lang"][lang]
+            rows.append(
+                (f"  {lang}", _frac(b[hits], b["questions"]), _frac(t[hits], t["questions"]))
+            )
+    for check in it["failed_checks"]:
+        if check != "keyword":
+            rows.append(
+                (
+                    f"  answers failing: {check}",
+                    str(ib["failed_checks"][check]),
+                    str(it["failed_checks"][check]),
+                )
+            )
     old = ", ".join(it["old_names"]) or "none given"
     rows += [
         (
@@ -139,14 +156,19 @@ def workflow_markdown(report: dict) -> str:
         lines.append("Leaks:")
         lines += [f"- {f['prompt']} -> {_one_line(f['answer'], 80)}" for f in leak["examples"]]
         lines.append("")
+    misses = [a for a in it["answers"] if not a["hit"]]
+    if misses:
+        lines.append("Identity misses of the tuned model (each failed check):")
+        lines += [
+            f"- {a['question']} -> {_one_line(a['answer'], 80)} [{'; '.join(a['failed'])}]"
+            for a in misses
+        ]
+        lines.append("")
     samples = []
     for lang in it["by_lang"]:
-        samples += [a for a in it["answers"] if a["lang"] == lang][:3]
+        samples += [a for a in it["answers"] if a["lang"] == lang and a["hit"]][:3]
     lines.append("Sample answers of the tuned model (held-out questions):")
-    lines += [
-        f"- {'ok' if a['hit'] else 'MISS'} {a['question']} -> {_one_line(a['answer'], 80)}"
-        for a in samples
-    ]
+    lines += [f"- {a['question']} -> {_one_line(a['answer'], 80)}" for a in samples]
     timing = ", ".join(f"{s} {v:.0f} s" for s, v in report["seconds"].items())
     lines += [
         "",

@@ -49,21 +49,20 @@ def measure(
 ) -> dict:
     """One model's side of the comparison: its greedy answers, and the log-likelihood
     it gives the base's general answers (its own when `base_general` is None: it is the base)."""
-    from tunesmith.eval.generate import answer_logprobs, greedy_answers
-
     general = prompts["general"]
-    facts = greedy_answers(
-        lm,
+    facts = lm.greedy_answers(
         [f["prompt"] for f in prompts["facts"]],
         system=system,
         max_new_tokens=MAX_NEW_TOKENS["facts"],
         desc="factual prompts",
     )
-    own_general = greedy_answers(
-        lm, general, system=system, max_new_tokens=MAX_NEW_TOKENS["general"], desc="general prompts"
+    facts = [a.text for a in facts]
+    own_general = lm.greedy_answers(
+        general, system=system, max_new_tokens=MAX_NEW_TOKENS["general"], desc="general prompts"
     )
+    own_general = [a.text for a in own_general]
     reference = own_general if base_general is None else base_general
-    logprobs = answer_logprobs(lm, general, reference, system=system, desc="drift")
+    logprobs = lm.answer_logprobs(general, reference, system=system, desc="drift")
     return {"system": system, "facts": facts, "general": own_general, "general_logprobs": logprobs}
 
 

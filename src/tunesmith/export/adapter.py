@@ -13,9 +13,6 @@ XTuner does, unless `fp32` is asked for.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
 from tunesmith.export import chat_files
 from tunesmith.export.shards import ShardWriter, iter_tensors, parse_size, weight_files
+from tunesmith.fileio import atomic_dir, check_new_dir, check_outside
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -80,12 +78,9 @@ def export_checkpoint(
 
     checkpoint = find_checkpoint(ckpt, config_path, load_config(config_path))
     cfg = checkpoint_config(checkpoint, load_config(config_path))
-    out_dir = Path(out).expanduser()
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} already exists and is not empty: pick a new OUT or delete it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    out_dir = check_new_dir(out)
+    check_outside(out_dir, checkpoint, "export")
+    with atomic_dir(out_dir, replace=False) as tmp:
         if cfg.method == "full":
             files = _export_model(checkpoint / "model", tmp, fp32, parse_size(max_shard_size))
         else:
@@ -98,12 +93,6 @@ def export_checkpoint(
         from tunesmith.config.loader import dump_config
 
         (tmp / "tunesmith_config.yaml").write_text(dump_config(cfg))
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     kind = "model" if cfg.method == "full" else "adapter"
     return ExportResult(checkpoint, out_dir, kind, [out_dir / f.name for f in files])
 

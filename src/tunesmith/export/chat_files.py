@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import GenerationConfig
 
 from tunesmith.config.schema import Config
+from tunesmith.model.generate import stop_token_ids as turn_end_ids
 
 
 def training_template_jinja(cfg: Config, tokenizer) -> str:
@@ -25,13 +26,7 @@ def stop_token_ids(tokenizer, template_name: str = "auto") -> list[int]:
     """The tokenizer's EOS plus every stop word of the template that is a single token."""
     from tunesmith.data.templates import get_template
 
-    words = list(get_template(template_name, tokenizer).stop_words)
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for word in words:
-        token_ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(token_ids) == 1:
-            ids.append(token_ids[0])
-    return list(dict.fromkeys(ids))
+    return turn_end_ids(tokenizer, get_template(template_name, tokenizer).stop_words)
 
 
 def write_generation_config(

@@ -62,12 +62,12 @@ class Adapter:
 
 def read_adapter_config(adapter_dir: Path) -> dict:
     path = Path(adapter_dir) / "adapter_config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as err:
+    if not path.is_file():
         raise UserError(
             f"{path} is missing: pass a PEFT adapter dir (made by `tunesmith convert pth_to_hf`)"
-        ) from err
+        )
+    try:
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
 

@@ -13,10 +13,8 @@ written back in the original InternLM2 layout (`--format auto`) or as Llama.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +23,11 @@ from tqdm import tqdm
 
 from tunesmith.errors import UserError
 from tunesmith.export import chat_files
-from tunesmith.export.lora import Adapter, UnsupportedAdapter, read_adapter
+from tunesmith.export.lora import Adapter, UnsupportedAdapter, read_adapter, read_adapter_config
 from tunesmith.export.shards import ShardWriter, iter_tensors, parse_size, weight_files
+from tunesmith.fileio import atomic_dir, check_free_space, check_new_dir
 from tunesmith.model import internlm2
-from tunesmith.model.load import model_type, resolve_device
+from tunesmith.model.load import check_weights, model_type, resolve_device
 from tunesmith.model.quantize import DTYPES
 from tunesmith.model.resolve import resolve_model_path
 
@@ -57,8 +56,10 @@ def merge(
     fmt: str = "auto",
 ) -> MergeResult:
     out_dir = Path(out).expanduser()
-    _check_out_dir(out_dir)
+    check_new_dir(out_dir)
     adapter_dir = Path(adapter).expanduser()
+    read_adapter_config(adapter_dir)  # the adapter is checked before any work
+    check_weights(adapter_dir, "adapter")
     max_bytes = parse_size(max_shard_size)
     device = resolve_device(device)
     base_dir = Path(resolve_model_path(base))
@@ -74,9 +75,9 @@ def merge(
         )
 
     weights_dir = internlm2.llama_checkpoint(base_dir) if is_internlm2 else base_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    needed = sum(f.stat().st_size for f in weight_files(weights_dir))
+    check_free_space(out_dir.parent, needed, f"the merged model {out_dir}")
+    with atomic_dir(out_dir, replace=False) as tmp:
         method = "streaming"
         try:
             adapter_weights = read_adapter(adapter_dir)
@@ -89,7 +90,9 @@ def merge(
             adapter_weights = Adapter({}, {}, {})
         out_dtype = _output_dtype(dtype, weights_dir)
         llama_config = json.loads((weights_dir / "config.json").read_text())
-        files = _write_weights(weights_dir, adapter_weights, tmp, max_bytes, out_dtype, device, fmt)
+        files = _write_weights(
+            weights_dir, adapter_weights, tmp, max_bytes, out_dtype, device, fmt, llama_config
+        )
         shutil.rmtree(tmp / ".peft-merged", ignore_errors=True)
         _write_config(tmp, llama_config, base_dir, out_dtype, fmt)
         tokenizer = _write_tokenizer(tmp, adapter_dir, base)
@@ -99,19 +102,8 @@ def merge(
             for pattern in _INTERNLM2_EXTRA_FILES:
                 for extra in base_dir.glob(pattern):
                     shutil.copy2(extra, tmp / extra.name)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     files = [out_dir / f.name for f in files]
     return MergeResult(out_dir, files, out_dtype, fmt, method, notes)
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} already exists and is not empty: pick a new OUT or delete it")
 
 
 def _output_format(fmt: str, is_internlm2: bool) -> str:
@@ -155,15 +147,24 @@ def _write_weights(
     dtype: torch.dtype,
     device: str,
     fmt: str,
+    config: dict,
 ) -> list[Path]:
+    """Stream the base tensors into shards with the adapter applied. Every adapter tensor
+    must land: a replaced head or embedding of a tied base is written untied (and
+    `config` updated: tie_word_embeddings, vocab_size); anything else is a UserError."""
     writer = ShardWriter(out_dir, max_bytes)
     sink = _InternLM2Sink(writer, weights_dir) if fmt == "internlm2" else writer
     files = weight_files(weights_dir)
     total = sum(_count_tensors(f) for f in files)
     pending = dict(adapter.deltas)
+    unused = dict(adapter.replacements)
+    tied = bool(config.get("tie_word_embeddings"))
+    base_embedding = None
     for name, tensor in tqdm(iter_tensors(files), total=total, desc="merging", unit="tensor"):
+        if name == _EMBED and tied and _EMBED in adapter.replacements:
+            base_embedding = tensor  # the tied head is the base's embedding
         if name in adapter.replacements:
-            tensor = adapter.replacements[name]
+            tensor = unused.pop(name)
         if name in pending:
             tensor = pending.pop(name).merge_into(tensor, device)
         if tensor.is_floating_point():
@@ -174,7 +175,29 @@ def _write_weights(
             f"the adapter changes {sorted(pending)[0]}, which the base model does not have: "
             f"the adapter was trained on another base model"
         )
+    if tied and (_HEAD in unused or base_embedding is not None):
+        # peft trains a copy of a tied head (or embedding): the two part ways, so write both
+        head = unused.pop(_HEAD, None)
+        head = head if head is not None else base_embedding
+        rows = adapter.replacements.get(_EMBED, head).shape[0]
+        if head.shape[0] != rows:
+            raise UserError(
+                f"the adapter resizes {_EMBED} to {rows} rows but holds no {_HEAD} of that "
+                f"size: train the head too (modules_to_save) so the merge can write it"
+            )
+        sink.add(_HEAD, head.to(dtype) if head.is_floating_point() else head)
+        config["tie_word_embeddings"] = False
+    if _EMBED in adapter.replacements:
+        config["vocab_size"] = int(adapter.replacements[_EMBED].shape[0])
+    if unused:
+        raise UserError(
+            f"the adapter holds {sorted(unused)[0]}, which matches no tensor of the base model: "
+            f"it cannot be merged (nothing was written)"
+        )
     return writer.close()
+
+
+_EMBED, _HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
 
 def _count_tensors(file: Path) -> int:

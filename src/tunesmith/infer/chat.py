@@ -1,4 +1,7 @@
-"""The terminal chat: an interactive loop with history, or one answer per `--prompt`."""
+"""The terminal chat: an interactive loop with history, or one answer per `--prompt`.
+
+Ctrl-C while an answer is being written stops that answer (generation is cancelled
+within a token) and returns to the prompt; at the prompt it ends the chat."""
 
 from __future__ import annotations
 
@@ -6,54 +9,88 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from tunesmith.infer.engine import Engine
+from tunesmith.data.templates import prompt_template, turn_stop_words
+from tunesmith.model.generate import Generator, Sampling, load_model_and_tokenizer
 
 RESET_WORDS = {"/reset", "RESET"}
 EXIT_WORDS = {"/exit", "/quit", "EXIT"}
 BANNER = "tunesmith chat: /reset clears the history, /exit quits (XTuner's RESET / EXIT work too)"
+STOPPED = " [stopped]"
 
 
-def answer(engine: Engine, messages: list[dict], sampling: dict, stream: bool, out: TextIO) -> str:
-    """Write the answer to `out` (piece by piece when streaming) and return it."""
-    if not stream:
-        text = engine.generate(messages, **sampling)
-        out.write(text)
-    else:
-        text = ""
-        for piece in engine.stream(messages, **sampling):
-            text += piece
-            out.write(piece)
-            out.flush()
+def load_generator(
+    model: str,
+    adapter: str | None = None,
+    template: str | None = None,
+    system: str | None = None,
+    bits: int | None = None,
+    device: str = "auto",
+) -> Generator:
+    """MODEL (+ ADAPTER) for chat, the web UI and the server: a named template, or the
+    tokenizer's own chat template ending at its end-of-turn marker."""
+    net, tokenizer, key = load_model_and_tokenizer(model, adapter, bits=bits, device=device)
+    return Generator(
+        net,
+        tokenizer,
+        prompt_template(template, tokenizer),
+        system=system,
+        name=adapter or model,
+        cache_key=key,
+        stop_words=turn_stop_words(tokenizer),
+    )
+
+
+def answer(
+    generator: Generator, messages: list[dict], sampling: Sampling, stream: bool, out: TextIO
+) -> str:
+    """Write the answer to `out` (piece by piece when streaming) and return it; Ctrl-C
+    stops it there (what was written so far is returned)."""
+    text = ""
+    try:
+        if not stream:
+            text = generator.generate(messages, sampling)
+            out.write(text)
+        else:
+            for piece in generator.stream(messages, sampling):
+                text += piece
+                out.write(piece)
+                out.flush()
+    except KeyboardInterrupt:  # the stream's cleanup has cancelled the generation
+        out.write(STOPPED)
     out.write("\n")
     out.flush()
     return text
 
 
 def answer_prompts(
-    engine: Engine, prompts: list[str], sampling: dict, stream: bool, out: TextIO | None = None
+    generator: Generator,
+    prompts: list[str],
+    sampling: Sampling,
+    stream: bool,
+    out: TextIO | None = None,
 ) -> list[str]:
     """Each prompt is its own one-turn conversation (for scripts)."""
     out = out or sys.stdout
     return [
-        answer(engine, [{"role": "user", "content": p}], sampling, stream, out) for p in prompts
+        answer(generator, [{"role": "user", "content": p}], sampling, stream, out) for p in prompts
     ]
 
 
 def interactive(
-    engine: Engine,
-    sampling: dict,
+    generator: Generator,
+    sampling: Sampling,
     stream: bool = True,
     read: Callable[[str], str] = input,
     out: TextIO | None = None,
 ) -> list[dict]:
-    """Chat until /exit or end of input; returns the history at the end."""
+    """Chat until /exit, end of input or Ctrl-C at the prompt; returns the history."""
     out = out or sys.stdout
     out.write(BANNER + "\n")
     history: list[dict] = []
     while True:
         try:
             text = read("\n>>> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
             out.write("\n")
             return history
         if not text:
@@ -65,5 +102,5 @@ def interactive(
             out.write("(history cleared)\n")
             continue
         history.append({"role": "user", "content": text})
-        reply = answer(engine, history, sampling, stream, out)
+        reply = answer(generator, history, sampling, stream, out)
         history.append({"role": "assistant", "content": reply})

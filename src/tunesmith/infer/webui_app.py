@@ -11,7 +11,8 @@ import sys
 
 import streamlit as st
 
-from tunesmith.infer.engine import Engine
+from tunesmith.infer.chat import load_generator
+from tunesmith.model.generate import Generator, Sampling
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -24,11 +25,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 @st.cache_resource(show_spinner="Loading the model...")
-def load_engine(model: str, adapter: str | None, device: str) -> Engine:
-    return Engine.load(model, adapter=adapter, device=device)
+def load_engine(model: str, adapter: str | None, device: str) -> Generator:
+    return load_generator(model, adapter=adapter, device=device)
 
 
-def sidebar(default_system: str) -> tuple[dict, str]:
+def sidebar(default_system: str) -> tuple[Sampling, str]:
     with st.sidebar:
         st.header("Settings")
         max_new_tokens = st.slider("Max length", 8, 2048, 512, step=8)
@@ -37,7 +38,7 @@ def sidebar(default_system: str) -> tuple[dict, str]:
         system = st.text_area("System prompt", value=default_system)
         if st.button("Clear chat history"):
             st.session_state.messages = []
-    sampling = {"max_new_tokens": max_new_tokens, "top_p": top_p, "temperature": temperature}
+    sampling = Sampling(max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature)
     return sampling, system
 
 
@@ -62,7 +63,9 @@ def main() -> None:
         if system.strip():
             conversation.insert(0, {"role": "system", "content": system.strip()})
         with st.chat_message("assistant"):
-            answer = st.write_stream(engine.stream(conversation, **sampling))
+            # A closed tab stops this script run inside write_stream: the dropped stream
+            # cancels its generation, and the model is free for the other sessions.
+            answer = st.write_stream(engine.stream(conversation, sampling))
         st.session_state.messages.append({"role": "assistant", "content": answer})
 
 

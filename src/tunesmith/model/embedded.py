@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -86,22 +85,6 @@ def _convert(alias: str, target: Path, with_weights: bool) -> None:
             drop_gguf_quantizer(model)
             model.config.name_or_path = alias
             model.save_pretrained(tmp)
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """A temp dir beside `target` that replaces it when the block succeeds, so a crash
-    never leaves a half-written cache entry that looks whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -23,7 +23,8 @@ from transformers import LlamaConfig
 
 from tunesmith.compat import transformers as hf_compat
 from tunesmith.errors import UserError
-from tunesmith.model.embedded import atomic_dir, cache_lock, cache_root
+from tunesmith.fileio import atomic_dir, check_free_space
+from tunesmith.model.embedded import cache_lock, cache_root
 
 MODEL_TYPE = "internlm2"
 CONVERTER_VERSION = "1"
@@ -323,6 +324,8 @@ def llama_checkpoint(path: str | Path) -> Path:
     with cache_lock(target):
         if not (target / "config.json").exists():
             _remove_stale_copies(target.parent, path)
+            needed = sum(f.stat().st_size for f in files)
+            check_free_space(target.parent, needed, f"the Llama-layout copy of {path}")
             _write_llama_copy(path, config_dict, config, files, target)
     return target
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -64,6 +65,34 @@ def model_type(path: str | Path) -> str | None:
         raise UserError(f"{config}:{err.lineno}: not valid JSON ({err.msg})") from err
 
 
+def check_weights(path: str | Path, what: str = "model") -> None:
+    """Every safetensors file of a model (or adapter) dir opens and is whole; reads headers
+    only. A dir with config.json but no weight file at all is refused too."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    files = sorted(path.glob("*.safetensors"))
+    if what == "model" and not files and not list(path.glob("*.bin")):
+        raise UserError(
+            f"{path} holds config.json but no weights (*.safetensors): copy the weight files "
+            f"into it"
+        )
+    for file in files:
+        check_safetensors(file)
+
+
+def check_safetensors(file: str | Path) -> None:
+    """A UserError naming `file` when it is not a whole, readable safetensors file."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as err:
+        raise UserError(
+            f"{file}: not a readable safetensors file ({str(err).splitlines()[0]}); it is "
+            f"damaged or cut short: copy or export it again"
+        ) from None
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A fast tokenizer with a pad token (eos when the model has none)."""
     offline_env()
@@ -71,7 +100,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     if model_type(path) == internlm2.MODEL_TYPE:
         tokenizer = internlm2.load_tokenizer(path)
     elif path.endswith(".gguf"):
-        tokenizer = AutoTokenizer.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
+        tokenizer = _from_gguf(AutoTokenizer, path)
     else:
         tokenizer = _from_pretrained(AutoTokenizer, path, trust_remote_code)
     if tokenizer.pad_token is None:
@@ -110,9 +139,7 @@ def load_model(
             raise UserError(
                 f"{path}: quantization of a GGUF file is not supported; set quantization: null"
             )
-        model = AutoModelForCausalLM.from_pretrained(
-            Path(path).parent, gguf_file=Path(path).name, **kwargs
-        )
+        model = _from_gguf(AutoModelForCausalLM, path, **kwargs)
         drop_gguf_quantizer(model)
         return model
     if model_type(path) != internlm2.MODEL_TYPE:
@@ -142,16 +169,41 @@ def _check_architecture(path: str, trust_remote_code: bool) -> None:
     )
 
 
+def _from_gguf(auto_cls, path: str, **kwargs):
+    try:
+        return auto_cls.from_pretrained(Path(path).parent, gguf_file=Path(path).name, **kwargs)
+    except (ValueError, KeyError, OSError, EOFError) as err:
+        raise UserError(
+            f"{path}: not a readable GGUF file ({str(err).splitlines()[0]}); check the file"
+        ) from None
+
+
 def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, **kwargs):
     _check_architecture(path, trust_remote_code)
+    if auto_cls is AutoModelForCausalLM:
+        check_weights(path)
     try:
         return auto_cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except SafetensorError as err:
+        raise UserError(f"{path}: a weight file is damaged ({err})") from None
+    except RuntimeError as err:
+        if "mismatch" not in str(err):
+            raise
+        raise UserError(
+            f"{path}: the shape of some weights does not match config.json (see the load "
+            f"report above); the weights belong to another model or config.json was edited"
+        ) from None
     except ValueError as err:
         if "trust_remote_code" in str(err) and not trust_remote_code:
             raise UserError(
                 f"{path} needs custom code from the checkpoint: set model.trust_remote_code: true "
                 f"if you trust its author"
             ) from err
+        if auto_cls is AutoTokenizer:
+            raise UserError(
+                f"{path}: no usable tokenizer ({str(err).splitlines()[0].strip()}); copy the "
+                f"model's tokenizer.json and tokenizer_config.json into it"
+            ) from None
         raise
     except OSError as err:
         raise UserError(f"{path}: cannot load ({str(err).splitlines()[0]})") from err

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 
 STATE_FILE = "trainer_state.json"
 _ITER = re.compile(r"^iter_(\d+)$")
@@ -93,7 +94,7 @@ def save_atomic(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(work_dir / "latest", final.name + "\n")
+    atomic_write_text(work_dir / "latest", final.name + "\n")
     rotate(work_dir, keep if keep < 0 else max(keep, 1))
     return final
 
@@ -109,14 +110,8 @@ def rotate(work_dir: str | Path, keep: int) -> list[Path]:
     return doomed
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_state(ckpt: Path) -> dict:

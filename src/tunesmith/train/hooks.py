@@ -6,12 +6,14 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from tunesmith.errors import UserError
+from tunesmith.model.generate import Sampling
 
 
 class TrainingDiverged(UserError):
@@ -74,12 +76,16 @@ class StopSignals:
 class ChatSampler:
     """Greedy answers to runtime.evaluation_inputs, printed and appended to chat_samples.jsonl.
 
-    Sampling never touches the training RNG streams, so a run with samples follows the
-    same loss curve as one without (and resumes exactly).
+    All inputs are answered in one batch with the KV cache on (`Generator.answer_batch`),
+    also while the model trains with gradient checkpointing. Sampling never touches the
+    training RNG streams, so a run with samples follows the same loss curve as one
+    without (and resumes exactly).
     """
 
-    def __init__(self, engine_factory, inputs: list[str], max_new_tokens: int, out: Path):
-        self.engine_factory = engine_factory
+    def __init__(
+        self, generator_factory: Callable, inputs: list[str], max_new_tokens: int, out: Path
+    ):
+        self.generator_factory = generator_factory
         self.inputs = inputs
         self.max_new_tokens = max_new_tokens
         self.out = Path(out)
@@ -93,20 +99,22 @@ class ChatSampler:
         tqdm.write(f"--- chat samples at step {step} ---")
         try:
             with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
-                engine = self.engine_factory(model)
-                for prompt in self.inputs:
-                    start = time.perf_counter()
-                    answer = engine.generate(
-                        [{"role": "user", "content": prompt}],
-                        temperature=0,
-                        max_new_tokens=self.max_new_tokens,
-                    )
-                    seconds = round(time.perf_counter() - start, 2)
-                    record = {"step": step, "input": prompt, "output": answer, "seconds": seconds}
-                    records.append(record)
-                    tqdm.write(f"user: {prompt}\nassistant: {answer}")
+                generator = self.generator_factory(model)
+                start = time.perf_counter()
+                answers = generator.answer_batch(
+                    [[{"role": "user", "content": prompt}] for prompt in self.inputs],
+                    Sampling.greedy(self.max_new_tokens),
+                )
+                seconds = time.perf_counter() - start
         finally:
             model.train(was_training)
+        tokens = sum(a.completion_tokens for a in answers)
+        for prompt, answer in zip(self.inputs, answers, strict=True):
+            record = {"step": step, "input": prompt, "output": answer.text}
+            record.update(tokens=answer.completion_tokens, batch_seconds=round(seconds, 3))
+            records.append(record)
+            tqdm.write(f"user: {prompt}\nassistant: {answer.text}")
+        tqdm.write(f"({tokens} tokens in {seconds:.2f} s, {tokens / max(seconds, 1e-9):.1f} tok/s)")
         with self.out.open("a") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")

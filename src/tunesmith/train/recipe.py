@@ -7,6 +7,8 @@
 Methods are LoRA / DoRA, QLoRA (bitsandbytes 4/8-bit base weights) and full fine-tuning.
 The loss of one optimizer step is the mean over every trainable token of all its
 accumulated micro-batches (`num_items_in_batch`), so 2 x batch 1 equals 1 x batch 2.
+With a `preference` part the same loop trains on chosen / rejected pairs: the loss of a
+step is the mean over its pairs of the DPO / IPO / ORPO / SimPO loss (train/preference.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from tqdm.auto import tqdm
 
 from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import Config
+from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
 from tunesmith.model.fast import lora_inputs_uncast, optimize_for_training, training_plan
+from tunesmith.model.generate import Generator
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
 from tunesmith.train.metrics import MetricsLogger
@@ -83,6 +87,7 @@ class StepStats:
     lr: float
     tokens: int
     grad_norm: float
+    extra: dict[str, float] = field(default_factory=dict)  # preference metrics
 
 
 class TrainRecipe:
@@ -106,10 +111,11 @@ class TrainRecipe:
         from accelerate.utils import set_seed
 
         self.accelerator = self._setup_accelerator()
-        if self.dataset is None:
-            self._setup_guard()
+        self._check_inputs()  # everything checkable, before the first write or model load
         self.resume_from = ckpt.resolve_resume(self.resume, self.work_dir) if self.resume else None
         self._check_work_dir()
+        if self.dataset is None:
+            self._setup_guard()  # the run is accepted: the guard may write into the work dir
         set_seed(self.cfg.train.seed)
 
         from tunesmith.model.load import load_tokenizer
@@ -128,6 +134,7 @@ class TrainRecipe:
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             (self.work_dir / "config.yaml").write_text(self._config_yaml())
+        self.objective = self._setup_objective() if self.cfg.preference else None
         self.metrics = (
             MetricsLogger(
                 self.work_dir, start_step=self.step, tensorboard=self.cfg.runtime.tensorboard
@@ -136,7 +143,7 @@ class TrainRecipe:
             else None
         )
         self.chat_samples = ChatSampler(
-            self._make_engine,
+            self._make_generator,
             self.cfg.runtime.evaluation_inputs,
             self.cfg.runtime.evaluation_max_new_tokens,
             self.work_dir / "chat_samples.jsonl",
@@ -148,18 +155,53 @@ class TrainRecipe:
 
         return make_accelerator(self.cfg)
 
+    def _check_inputs(self) -> None:
+        """Config values, template name, model path, data files and work dir, checked before
+        anything is loaded or written; the guard's data file is planned (not yet made) so
+        the work dir's config can be compared."""
+        from tunesmith.data.general import planned_guard
+        from tunesmith.data.templates import check_template_name
+        from tunesmith.fileio import check_writable_dir
+        from tunesmith.model.resolve import resolve_model_path
+
+        cfg = self.cfg
+        if cfg.lora is None and cfg.quantization is not None:
+            raise UserError(
+                "quantization is set but lora is null: 4/8-bit weights cannot be fully "
+                "fine-tuned; add a lora part (QLoRA) or set quantization: null"
+            )
+        if cfg.preference is not None and cfg.guard.enabled:
+            raise UserError(
+                "guard.enabled: the forgetting guard mixes SFT records into the data; preference "
+                "tuning keeps the model close through its reference instead: set guard.enabled=false"
+            )
+        check_writable_dir(self.work_dir, "work dir")
+        check_template_name(cfg.data.template)
+        resolve_model_path(cfg.model.path, with_weights=False)
+        self.guard_records = 0
+        if self.dataset is None:
+            from tunesmith.data.formats import iter_records
+
+            if not cfg.data.files:
+                raise UserError("data.files is empty; list at least one .jsonl/.json/.parquet file")
+            for entry in cfg.data.files:  # exists, readable, a known type
+                next(iter_records(entry.path), None)
+            self.cfg, self.guard_records = planned_guard(cfg, self.work_dir)
+
     def _setup_guard(self) -> None:
         """Forgetting guard (config part `guard`): mix the base model's own answers to general
         prompts into the data files; made once per work dir (data/general.py)."""
-        from tunesmith.data.general import with_guard
+        from tunesmith.data.general import write_guard_mix
 
         with self.accelerator.main_process_first():
-            self.cfg = with_guard(self.cfg, self.work_dir)
+            self.cfg = write_guard_mix(self.cfg, self.work_dir, self.guard_records)
 
     def _setup_data(self) -> None:
         if self.dataset is None:
             from tunesmith.data.dataset import build_dataset
 
+            if self.cfg.preference is not None:
+                from tunesmith.data.preference import build_preference_dataset as build_dataset
             with self.accelerator.main_process_first():  # rank 0 builds the cache, others read it
                 self.dataset = build_dataset(self.cfg, self.tokenizer)
         if len(self.dataset) == 0:
@@ -181,11 +223,6 @@ class TrainRecipe:
         cfg = self.cfg
         model_cfg = cfg.model
         dtype = None
-        if cfg.lora is None and cfg.quantization is not None:
-            raise UserError(
-                "quantization is set but lora is null: 4/8-bit weights cannot be fully "
-                "fine-tuned; add a lora part (QLoRA) or set quantization: null"
-            )
         if cfg.method == "full":
             if self.resume_from is not None:
                 model_cfg = model_cfg.model_copy(update={"path": str(self.resume_from / "model")})
@@ -217,6 +254,48 @@ class TrainRecipe:
                 f"model: {cfg.model.path} | method {cfg.method} | trainable {trainable:,} of {total:,} parameters"
             )
         return model
+
+    def _setup_objective(self):
+        """Preference tuning: the loss and where its reference log-probs come from."""
+        from tunesmith.train import preference
+
+        pref = self.cfg.preference
+        reference = None
+        model = self.accelerator.unwrap_model(self.model)
+        if pref.loss in preference.REFERENCE_FREE:
+            pass
+        elif pref.reference == "precomputed":
+            reference = preference.PrecomputedReference(self._reference_table())
+        elif self.cfg.lora is not None and pref.reference == "auto":
+            reference = preference.AdapterDisabledReference(model)
+        else:
+            from tunesmith.model.load import load_model
+
+            frozen = load_model(self.cfg.model, device=str(self.accelerator.device))
+            reference = preference.FrozenCopyReference(optimize_for_training(frozen, self.cfg))
+        return preference.PreferenceObjective(pref, reference)
+
+    def _reference_table(self) -> torch.Tensor:
+        """Reference log-probs of every pair: computed before the first step, kept in work_dir
+        (a resumed run reads them: the model has moved since)."""
+        from safetensors.torch import load_file, save_file
+
+        from tunesmith.train.preference import precompute_reference
+
+        path = self.work_dir / "reference_logps.safetensors"
+        if path.is_file():
+            return load_file(str(path))["logps"]
+        if self.resume_from is not None:
+            raise UserError(
+                f"{path} is missing: the reference log-probs of this run are gone; "
+                "start over without --resume"
+            )
+        table = precompute_reference(
+            self.model, self.dataset, self.cfg.train.batch_size, self.accelerator.device
+        )
+        if self.is_main:
+            save_file({"logps": table}, str(path))
+        return table
 
     def _setup_optimizer(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -252,8 +331,14 @@ class TrainRecipe:
                 step_seconds += elapsed
                 tokens_per_s = stats.tokens / max(elapsed, 1e-9)
                 progress.update(1)
+                shown = {
+                    k: f"{v:.3f}" for k, v in stats.extra.items() if k in ("margin", "accuracy")
+                }
                 progress.set_postfix(
-                    loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
+                    loss=f"{stats.loss:.4f}",
+                    **shown,
+                    lr=f"{stats.lr:.2e}",
+                    tok_s=f"{tokens_per_s:,.0f}",
                 )
                 if self.metrics and self.step % cfg.runtime.logging_steps == 0:
                     self.metrics.log(
@@ -265,6 +350,7 @@ class TrainRecipe:
                             "tokens": stats.tokens,
                             "tokens_per_s": tokens_per_s,
                             "epoch": self.epoch,
+                            **stats.extra,
                         },
                     )
                 if self.step % cfg.runtime.save_steps == 0 or stop.received is not None:
@@ -283,21 +369,33 @@ class TrainRecipe:
         """One optimizer step over the accumulated (batch, real tokens) micro-batches."""
         acc, model = self.accelerator, self.model
         batches = [batch for batch, _ in micro_batches]
-        # Trainable tokens of the whole step, over all processes: the loss denominator.
-        n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
-        n_items = acc.reduce(n_items, "sum") if acc.num_processes > 1 else n_items
+        if self.objective is None:
+            # Trainable tokens of the whole step, over all processes: the loss denominator.
+            n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
+            n_items = acc.reduce(n_items, "sum") if acc.num_processes > 1 else n_items
+        else:  # pairs (and chosen tokens) of the whole step
+            n_items = self.objective.denominators(batches)
+            if acc.num_processes > 1:
+                n_items.pairs = acc.reduce(n_items.pairs, "sum")
+                n_items.chosen_tokens = acc.reduce(n_items.chosen_tokens, "sum")
         step_loss = torch.zeros((), device=acc.device)
+        extra = torch.zeros(4, device=acc.device)
         # accelerate divides each backward by its accumulation count and DDP averages over
         # processes; the loss is already a mean over the whole step, so undo both.
         scale = acc.gradient_accumulation_steps * acc.num_processes
         with lora_inputs_uncast(model, self.plan):
             for batch in batches:
                 with acc.accumulate(model):
-                    loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                    if self.objective is None:
+                        loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                    else:
+                        loss, sums = self.objective(model, batch, n_items)
+                        extra += sums
                     acc.backward(loss * scale)
                 step_loss += loss.detach()
         if acc.num_processes > 1:
             step_loss = acc.reduce(step_loss, "sum")
+            extra = acc.reduce(extra, "sum")
         # Checked before the update, so the weights of the last good step stay intact.
         check_finite(float(step_loss), self.step + 1, self.last_checkpoint)
         grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.train.max_norm)
@@ -307,7 +405,13 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(n for _, n in micro_batches)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
-        return StepStats(float(step_loss), lr, tokens, grad_norm)
+        stats = StepStats(float(step_loss), lr, tokens, grad_norm)
+        if self.objective is not None:
+            from tunesmith.train.preference import METRICS
+
+            means = (extra / n_items.pairs).tolist()
+            stats.extra = dict(zip(METRICS, means, strict=True))
+        return stats
 
     @property
     def epoch(self) -> float:
@@ -437,12 +541,9 @@ class TrainRecipe:
 
         return dump_config(self.cfg)
 
-    def _make_engine(self, model):
-        from tunesmith.infer.engine import Engine
-
-        return Engine(
-            model, self.tokenizer, template=self.cfg.data.template, system=self.cfg.data.system
-        )
+    def _make_generator(self, model) -> Generator:
+        template = get_template(self.cfg.data.template, self.tokenizer)
+        return Generator(model, self.tokenizer, template, system=self.cfg.data.system)
 
     def _finish(
         self, tokens: int, seconds: float, step_seconds: float, signum: int | None

@@ -11,6 +11,11 @@ Stages, each reading the one before it from the work dir:
     tuned_eval  the same evals on the merged model           eval/tuned.json
     report      before/after                                 report.json, report.md
 
+With `--preference dpo` (or ipo / orpo / simpo) four stages come after merge
+(workflow/identity_preference.py): sft_eval (the evals on the SFT model), pairs (base
+answers as rejected, identity answers as chosen), preference (LoRA on the merged SFT model),
+preference_merge (-> preference/merged/); tuned_eval then evaluates that model.
+
 `manifest.json` records who the run is for and which stages are done; a re-run
 with the same work dir skips finished stages (training resumes from its newest
 checkpoint). A work dir holding a different run is refused, never overwritten.
@@ -26,9 +31,13 @@ from pathlib import Path
 
 from tunesmith.config.schema import Config, DataFile
 from tunesmith.data.identity import check_text
+from tunesmith.data.templates import check_template_name
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text, check_writable_dir
+from tunesmith.model.generate import Generator
 
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
+PREFERENCE_STAGES = ("sft_eval", "pairs", "preference", "preference_merge")
 MANIFEST = "manifest.json"
 
 
@@ -46,6 +55,7 @@ class IdentityRun:
     questions: str | None = None  # identity eval questions (default: the shipped set)
     prompts: str | None = None  # retention eval prompts (default: the shipped set)
     old_names: tuple[str, ...] | None = None  # default: the embedded model's own names
+    preference: str | None = None  # dpo | ipo | orpo | simpo: a preference stage after SFT
 
     @property
     def system_prompt(self) -> str:
@@ -71,11 +81,10 @@ class Manifest:
         return cls(data.get("run", {}), data.get("stages", {}))
 
     def write(self, work_dir: Path) -> None:
-        tmp = work_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(
-            json.dumps({"run": self.run, "stages": self.stages}, ensure_ascii=False, indent=2)
+        atomic_write_text(
+            work_dir / MANIFEST,
+            json.dumps({"run": self.run, "stages": self.stages}, ensure_ascii=False, indent=2),
         )
-        tmp.replace(work_dir / MANIFEST)
 
 
 def default_recipe(model: str) -> str:
@@ -143,8 +152,8 @@ class IdentityWorkflow:
 
     def setup(self) -> None:
         """Check everything the user gave before anything is written."""
-        from tunesmith.cli.eval import default_old_names
         from tunesmith.data.identity import LANGUAGES
+        from tunesmith.eval.identity import default_old_names
 
         run = self.run
         check_text("name", run.name)
@@ -158,6 +167,7 @@ class IdentityWorkflow:
         load_questions(run.questions)
         load_prompts(run.prompts)
         self.cfg = build_config(run, self.work_dir)
+        check_template_name(self.cfg.data.template)
         check_chat_model(self.cfg)
         names = run.old_names
         self.old_names = default_old_names(run.model) if names is None else list(names)
@@ -171,9 +181,12 @@ class IdentityWorkflow:
         record["langs"], record["overrides"] = list(self.run.langs), list(self.run.overrides)
         if self.run.old_names is not None:
             record["old_names"] = list(self.run.old_names)
+        if self.run.preference is None:
+            record.pop("preference")  # runs made before the option read the same
         return record
 
     def _check_work_dir(self) -> None:
+        check_writable_dir(self.work_dir, "work dir")
         manifest = Manifest.read(self.work_dir)
         if manifest is None:
             if self.work_dir.exists() and any(self.work_dir.iterdir()):
@@ -195,16 +208,17 @@ class IdentityWorkflow:
     def execute(self) -> dict:
         """Run every stage not done yet; returns the report."""
         self.setup()
-        steps = [getattr(self, f"stage_{s}") for s in STAGES]
-        for number, (stage, step) in enumerate(zip(STAGES, steps, strict=True), start=1):
+        stages = self.stages
+        steps = [getattr(self, f"stage_{s}") for s in stages]
+        for number, (stage, step) in enumerate(zip(stages, steps, strict=True), start=1):
             done = self.manifest.stages.get(stage)
             if done is not None:
                 print(
-                    f"[{number}/{len(STAGES)}] {stage}: done already ({done['seconds']:.0f} s), skipped",
+                    f"[{number}/{len(stages)}] {stage}: done already ({done['seconds']:.0f} s), skipped",
                     flush=True,
                 )
                 continue
-            print(f"[{number}/{len(STAGES)}] {stage} ...", flush=True)
+            print(f"[{number}/{len(stages)}] {stage} ...", flush=True)
             start = time.perf_counter()
             step()
             self.manifest.stages[stage] = {"seconds": round(time.perf_counter() - start, 1)}
@@ -212,9 +226,26 @@ class IdentityWorkflow:
         return json.loads((self.work_dir / "report.json").read_text())
 
     @property
+    def stages(self) -> tuple[str, ...]:
+        if self.run.preference is None:
+            return STAGES
+        at = STAGES.index("merge") + 1
+        return STAGES[:at] + PREFERENCE_STAGES + STAGES[at:]
+
+    @property
+    def final_model(self) -> Path:
+        """The model tuned_eval measures and the report hands out."""
+        return self.paths["preference_merged" if self.run.preference else "merged"]
+
+    @property
     def paths(self) -> dict[str, Path]:
         w = self.work_dir
         return {
+            "pairs": w / "data" / "pairs.jsonl",
+            "preference": w / "preference" / "train",
+            "preference_adapter": w / "preference" / "adapter",
+            "preference_merged": w / "preference" / "merged",
+            "sft_eval": w / "eval" / "sft.json",
             "data": w / "data" / "identity.jsonl",
             "train": w / "train",
             "adapter": w / "adapter",
@@ -283,19 +314,61 @@ class IdentityWorkflow:
         for note in result.notes:
             print(f"  note: {note}")
 
+    def stage_sft_eval(self) -> None:
+        base = json.loads(self.paths["base_eval"].read_text())
+        self._evaluate(str(self.paths["merged"]), self.paths["sft_eval"], base=base)
+
+    def stage_pairs(self) -> None:
+        from tunesmith.workflow.identity_preference import identity_pairs, write_pairs
+
+        pairs = identity_pairs(self.paths["data"], Generator.load(self.run.model))
+        write_pairs(pairs, self.paths["pairs"])
+        print(f"  {len(pairs)} pairs (base answer rejected) -> {self.paths['pairs']}")
+
+    def stage_preference(self) -> None:
+        from tunesmith.train.recipe import TrainRecipe
+        from tunesmith.workflow.identity_preference import preference_config
+
+        cfg = preference_config(
+            self.cfg,
+            self.run.preference,
+            self.paths["merged"],
+            self.paths["pairs"],
+            self.paths["preference"],
+        )
+        recipe = TrainRecipe(cfg, self.paths["preference"], resume="auto")
+        recipe.setup()
+        result = recipe.train()
+        if result.exit_code:
+            raise UserError("training stopped by a signal: re-run the same command to resume")
+        print(f"  {result.step} steps, final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s")
+
+    def stage_preference_merge(self) -> None:
+        import shutil
+
+        from tunesmith.export.adapter import export_checkpoint
+        from tunesmith.export.merge import merge
+
+        adapter, out = self.paths["preference_adapter"], self.paths["preference_merged"]
+        for path in (adapter, out):
+            if path.exists():  # a finished export is renamed into place whole: this one is ours
+                shutil.rmtree(path)
+        train = self.paths["preference"]
+        export_checkpoint(str(train / "config.yaml"), str(train), str(adapter))
+        merge(str(self.paths["merged"]), str(adapter), str(out))
+
     def stage_tuned_eval(self) -> None:
         base = json.loads(self.paths["base_eval"].read_text())
-        self._evaluate(str(self.paths["merged"]), self.paths["tuned_eval"], base=base)
+        self._evaluate(str(self.final_model), self.paths["tuned_eval"], base=base)
 
     def _evaluate(self, model: str, out: Path, base: dict | None) -> None:
         """Identity and retention answers of one model, with no system prompt given: what a
         vanilla client sees (the merged model's template defaults to the new system prompt)."""
         from tunesmith.eval import retention
-        from tunesmith.eval.generate import load_for_eval
         from tunesmith.eval.identity import evaluate_identity, load_questions
         from tunesmith.eval.report import write_json
 
-        lm = load_for_eval(model)
+        lm = Generator.load(model)
         identity = evaluate_identity(
             lm, self.run.name, self.run.author, load_questions(self.run.questions), self.old_names
         )
@@ -318,7 +391,7 @@ class IdentityWorkflow:
         before = retention.compare(
             base["retention"], base["retention"], prompts, self.run.name, self.run.author
         )
-        merged = str(self.paths["merged"])
+        merged = str(self.final_model)
         report = {
             "run": self._run_record(),
             "system_prompt": self.run.system_prompt,
@@ -335,6 +408,14 @@ class IdentityWorkflow:
                 "serve": f"tunesmith serve {shlex.quote(merged)}",
             },
         }
+        if self.run.preference:
+            sft = json.loads(self.paths["sft_eval"].read_text())
+            report["sft_only"] = {
+                "identity": sft["identity"],
+                "retention": retention.compare(
+                    base["retention"], sft["retention"], prompts, self.run.name, self.run.author
+                ),
+            }
         write_json(report, self.work_dir / "report.json")
         markdown = workflow_markdown(report)
         (self.work_dir / "report.md").write_text(markdown, encoding="utf-8")

@@ -1,0 +1,170 @@
+"""Generation speed on CPU: the core's single stream and answer_batch next to plain `generate`.
+
+Embedded SmolLM2-135M-Instruct (float32, from the local cache), greedy decoding, 32 short
+general prompts, at most --new tokens each; tokens counted up to and including end-of-turn.
+All four measurements run in the same process, one after the other:
+
+- plain   one prompt at a time: `model.generate(**inputs, do_sample=False)`
+- stream  one prompt at a time: `Generator.stream` (worker thread, per-token text)
+- plain batch   all prompts in one left-padded `model.generate`
+- answer_batch  all prompts: `Generator.answer_batch(batch_size=32)`
+
+The single-prompt rows use the first --single prompts (default 8) to keep the run short.
+Prints a table and one `RESULT {json}` line; --json writes the JSON to a file.
+
+Usage: python bench/generate_speed.py [--threads 2] [--new 64] [--single 8] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+import transformers
+
+from tunesmith.data.general import load_general_prompts
+from tunesmith.data.templates import get_template
+from tunesmith.model.embedded import embedded_dir
+from tunesmith.model.generate import Answer, Generator, Sampling
+from tunesmith.model.load import load_model, load_tokenizer
+
+ALIAS = "smollm2-135m-instruct"
+
+
+def _count_new(row: list[int], stop_ids: set[int]) -> int:
+    """Generated tokens up to and including the first end-of-turn (plain generate pads after)."""
+    for i, token in enumerate(row):
+        if token in stop_ids:
+            return i + 1
+    return len(row)
+
+
+def plain_single(model, tokenizer, prompts, new, stop_ids) -> tuple[int, float]:
+    tokens, start = 0, time.perf_counter()
+    for text in prompts:
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs,
+                max_new_tokens=new,
+                do_sample=False,
+                eos_token_id=list(stop_ids),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        tokens += _count_new(out[0, inputs["input_ids"].shape[1] :].tolist(), stop_ids)
+    return tokens, time.perf_counter() - start
+
+
+def plain_batch(model, tokenizer, prompts, new, stop_ids) -> tuple[int, float]:
+    start = time.perf_counter()
+    inputs = tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=new,
+            do_sample=False,
+            eos_token_id=list(stop_ids),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    width = inputs["input_ids"].shape[1]
+    tokens = sum(_count_new(row, stop_ids) for row in out[:, width:].tolist())
+    return tokens, time.perf_counter() - start
+
+
+def core_stream(generator, conversations, sampling) -> tuple[int, float]:
+    tokens, start = 0, time.perf_counter()
+    for conversation in conversations:
+        answer = Answer()
+        for _ in generator.stream(conversation, sampling, answer=answer):
+            pass
+        tokens += answer.completion_tokens
+    return tokens, time.perf_counter() - start
+
+
+def core_batch(generator, conversations, sampling) -> tuple[int, float]:
+    start = time.perf_counter()
+    answers = generator.answer_batch(conversations, sampling, batch_size=len(conversations))
+    return sum(a.completion_tokens for a in answers), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new", type=int, default=64, help="max new tokens per answer")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--single", type=int, default=8, help="prompts for the one-by-one rows")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    path = str(embedded_dir(ALIAS))
+    tokenizer = load_tokenizer(path)
+    model = load_model_from(path)
+    generator = Generator(model, tokenizer, get_template("auto", tokenizer))
+    prompts = load_general_prompts()[: args.prompts]
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    texts = [generator.prompt(c) for c in conversations]
+    stop_ids = set(generator.eos_token_ids)
+    sampling = Sampling.greedy(args.new)
+    single = args.single
+
+    core_batch(generator, conversations[:2], Sampling.greedy(4))  # warm-up
+    rows = {
+        "plain generate, one at a time": plain_single(
+            model, tokenizer, texts[:single], args.new, stop_ids
+        ),
+        "Generator.stream, one at a time": core_stream(generator, conversations[:single], sampling),
+        f"plain generate, batch of {len(prompts)}": plain_batch(
+            model, tokenizer, texts, args.new, stop_ids
+        ),
+        f"Generator.answer_batch, {len(prompts)}": core_batch(generator, conversations, sampling),
+    }
+    results = {
+        name: {"tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1)}
+        for name, (tokens, seconds) in rows.items()
+    }
+    speeds = [r["tok_s"] for r in results.values()]
+    summary = {
+        "stream_vs_plain": round(speeds[1] / speeds[0], 2),
+        "answer_batch_vs_plain_batch": round(speeds[3] / speeds[2], 2),
+        "answer_batch_vs_stream": round(speeds[3] / speeds[1], 2),
+    }
+    meta = {
+        "model": ALIAS,
+        "threads": args.threads,
+        "max_new_tokens": args.new,
+        "prompts": len(prompts),
+        "single_prompts": single,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    print("| path | tokens | seconds | tok/s |\n| --- | ---: | ---: | ---: |")
+    for name, r in results.items():
+        print(f"| {name} | {r['tokens']} | {r['seconds']} | {r['tok_s']} |")
+    print(summary, meta)
+    record = {"results": results, "summary": summary, "meta": meta}
+    print("RESULT " + json.dumps(record))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+def load_model_from(path: str):
+    from tunesmith.config.schema import ModelConfig
+
+    model = load_model(ModelConfig(path=path, dtype="float32"), device="cpu")
+    return model.eval()
+
+
+if __name__ == "__main__":
+    main()
