@@ -9,10 +9,12 @@ All four measurements run in the same process, one after the other:
 - plain batch   all prompts in one left-padded `model.generate`
 - answer_batch  all prompts: `Generator.answer_batch(batch_size=32)`
 
-The single-prompt rows use the first --single prompts (default 8) to keep the run short.
+The single-prompt rows use the first --single prompts (default 4) to keep the run short; the
+four paths run in turn for --rounds rounds (default 2) and their sums are reported.
 Prints a table and one `RESULT {json}` line; --json writes the JSON to a file.
 
-Usage: python bench/generate_speed.py [--threads 2] [--new 64] [--single 8] [--json OUT]
+Usage: python bench/generate_speed.py [--threads 2] [--new 64] [--single 4] [--rounds 2]
+       [--json OUT]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 import torch
 import transformers
 
+from tunesmith.config.schema import ModelConfig
 from tunesmith.data.general import load_general_prompts
 from tunesmith.data.templates import get_template
 from tunesmith.model.embedded import embedded_dir
@@ -98,7 +101,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new", type=int, default=64, help="max new tokens per answer")
     parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--single", type=int, default=8, help="prompts for the one-by-one rows")
+    parser.add_argument("--single", type=int, default=4, help="prompts for the one-by-one rows")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -115,16 +119,26 @@ def main() -> None:
     single = args.single
 
     core_batch(generator, conversations[:2], Sampling.greedy(4))  # warm-up
-    rows = {
-        "plain generate, one at a time": plain_single(
+    paths = {
+        "plain generate, one at a time": lambda: plain_single(
             model, tokenizer, texts[:single], args.new, stop_ids
         ),
-        "Generator.stream, one at a time": core_stream(generator, conversations[:single], sampling),
-        f"plain generate, batch of {len(prompts)}": plain_batch(
+        "Generator.stream, one at a time": lambda: core_stream(
+            generator, conversations[:single], sampling
+        ),
+        f"plain generate, batch of {len(prompts)}": lambda: plain_batch(
             model, tokenizer, texts, args.new, stop_ids
         ),
-        f"Generator.answer_batch, {len(prompts)}": core_batch(generator, conversations, sampling),
+        f"Generator.answer_batch, {len(prompts)}": lambda: core_batch(
+            generator, conversations, sampling
+        ),
     }
+    # Rounds interleave the paths, so a change in the machine's load hits them all alike.
+    rows = {name: (0, 0.0) for name in paths}
+    for _ in range(args.rounds):
+        for name, run in paths.items():
+            tokens, seconds = run()
+            rows[name] = (rows[name][0] + tokens, rows[name][1] + seconds)
     results = {
         name: {"tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1)}
         for name, (tokens, seconds) in rows.items()
@@ -141,6 +155,7 @@ def main() -> None:
         "max_new_tokens": args.new,
         "prompts": len(prompts),
         "single_prompts": single,
+        "rounds": args.rounds,
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -160,10 +175,7 @@ def main() -> None:
 
 
 def load_model_from(path: str):
-    from tunesmith.config.schema import ModelConfig
-
-    model = load_model(ModelConfig(path=path, dtype="float32"), device="cpu")
-    return model.eval()
+    return load_model(ModelConfig(path=path, dtype="fp32"), device="cpu").eval()
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ def pairs_file(tmp_path):
     return str(path)
 
 
-def _run(tiny_config, pairs_file, work_dir, preference, **parts):
+def _run(tiny_config, pairs_file, work_dir, preference, resume=None, **parts):
     from tunesmith.train.recipe import TrainRecipe
 
     data = {"files": [pairs_file], "cache_dir": str(work_dir.parent / "cache")}
+    data.update(parts.pop("data", {}))
     cfg = tiny_config(data=data, preference=preference, **parts)
-    recipe = TrainRecipe(cfg, work_dir)
+    recipe = TrainRecipe(cfg, work_dir, resume=resume)
     recipe.setup()
     return recipe, recipe.train()
 
@@ -49,6 +50,14 @@ def test_preference_run_logs_rewards_and_raises_the_margin(tiny_config, pairs_fi
     assert rows[-1]["margin"] > rows[0]["margin"] + 1e-3
     assert rows[-1]["accuracy"] == 1.0
     assert result.losses[-1] < result.losses[0]
+    if loss == "dpo":  # the checkpoint exports like an SFT one (convert pth_to_hf)
+        from tunesmith.export.adapter import export_checkpoint
+
+        out = tmp_path / "hf"
+        export_checkpoint(
+            str(tmp_path / loss / "config.yaml"), str(result.last_checkpoint), str(out)
+        )
+        assert (out / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 8, "alpha": 16, "dropout": 0.0}])
@@ -64,6 +73,26 @@ def test_precomputed_reference_gives_the_same_run_as_the_live_one(
     assert (pre_dir / "reference_logps.safetensors").is_file()
     assert pre.losses == pytest.approx(live.losses, abs=1e-5)
     assert live.losses[-1] < live.losses[0]
+
+
+def test_resumed_preference_run_reproduces_the_uninterrupted_losses(
+    tiny_config, pairs_file, tmp_path
+):
+    import shutil
+
+    parts = {
+        "train": {"max_steps": 4, "batch_size": 1},
+        "data": {"pack_to_max_length": False},  # one pair a step: steps differ
+        "runtime": {"save_steps": 2, "save_total_limit": -1},
+    }
+    pref = {"reference": "precomputed"}
+    _, full = _run(tiny_config, pairs_file, tmp_path / "full", pref, **parts)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "iter_2", resumed_dir / "iter_2")
+    shutil.copy(tmp_path / "full" / "reference_logps.safetensors", resumed_dir)
+    _, resumed = _run(tiny_config, pairs_file, resumed_dir, pref, resume="auto", **parts)
+    assert resumed.losses == pytest.approx(full.losses, abs=1e-6)
 
 
 def test_two_micro_batches_of_one_pair_equal_one_batch_of_two(tiny_config, pairs_file, tmp_path):

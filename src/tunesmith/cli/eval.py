@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tunesmith.eval.identity import default_old_names
+from tunesmith.fileio import check_new_output
 
 
 def register(subparsers) -> None:
@@ -64,6 +65,8 @@ def run_identity(args) -> int:
     from tunesmith.model.generate import Generator, fit_threads_to_load
 
     name, author = check_text("name", args.name), check_text("author", args.author)
+    if args.json:  # checked before the model loads, not after the eval
+        check_new_output(args.json, force=True, what="report")
     fit_threads_to_load()
     questions = load_questions(args.questions)
     old = split_names(args.old_names)
@@ -83,6 +86,8 @@ def run_retention(args) -> int:
     from tunesmith.eval.report import retention_text, write_json
     from tunesmith.model.generate import Generator, fit_threads_to_load
 
+    if args.json:
+        check_new_output(args.json, force=True, what="report")
     fit_threads_to_load()
     prompts = retention.load_prompts(args.prompts)
     base_lm = Generator.load(args.base, device=args.device)

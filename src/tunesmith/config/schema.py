@@ -49,6 +49,10 @@ class ModelConfig(_Part):
     trust_remote_code: bool = False
     # Fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA.
     use_liger: bool | Literal["auto"] = "auto"
+    # Tokens to add to the tokenizer as special tokens (e.g. ["<tool_call>", "</tool_call>"]):
+    # the embeddings and output head are resized and trained in full (peft modules_to_save),
+    # saved in the adapter, and written by merge with the new vocab_size.
+    special_tokens: list[str] | None = None
 
 
 class QuantizationConfig(_Part):

@@ -148,7 +148,7 @@ def _write_tokenizer(out_dir: Path, cfg: Config):
     """The base tokenizer with the training chat template (and default system prompt) in it."""
     from tunesmith.model.load import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model.path)
+    tokenizer = load_tokenizer(cfg.model.path, special_tokens=cfg.model.special_tokens)
     tokenizer.chat_template = chat_files.training_template_jinja(cfg, tokenizer)
     tokenizer.save_pretrained(out_dir)
     return tokenizer

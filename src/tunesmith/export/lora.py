@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from tunesmith.compat import peft as peft_compat
 from tunesmith.errors import UserError
+from tunesmith.model.load import check_safetensors
 
 _PREFIX = "base_model.model."
 
@@ -83,7 +84,15 @@ def read_adapter(adapter_dir: Path) -> Adapter:
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.exists():
         raise UserError(f"{weights} is missing: the adapter dir holds no weights")
-    tensors = {k.removeprefix(_PREFIX): v for k, v in load_file(weights).items()}
+    check_safetensors(weights)
+    tensors = {}
+    for key, value in load_file(weights).items():
+        key = key.removeprefix(_PREFIX)
+        # peft's save_embedding_layers (on when the vocab was resized) also writes a
+        # resized layer's wrapper: the untouched base copy and the trained copy again
+        if ".original_module." in key:
+            continue
+        tensors.setdefault(key.replace(".modules_to_save.", "."), value)
 
     parts: dict[str, dict[str, torch.Tensor]] = {}
     replacements = {}

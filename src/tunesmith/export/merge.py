@@ -25,7 +25,7 @@ from tunesmith.errors import UserError
 from tunesmith.export import chat_files
 from tunesmith.export.lora import Adapter, UnsupportedAdapter, read_adapter, read_adapter_config
 from tunesmith.export.shards import ShardWriter, iter_tensors, parse_size, weight_files
-from tunesmith.fileio import atomic_dir, check_free_space, check_new_dir
+from tunesmith.fileio import atomic_dir, check_free_space, check_new_dir, check_outside
 from tunesmith.model import internlm2
 from tunesmith.model.load import check_weights, model_type, resolve_device
 from tunesmith.model.quantize import DTYPES
@@ -58,6 +58,9 @@ def merge(
     out_dir = Path(out).expanduser()
     check_new_dir(out_dir)
     adapter_dir = Path(adapter).expanduser()
+    check_outside(out_dir, adapter_dir, "merged model")
+    if Path(base).expanduser().is_dir():
+        check_outside(out_dir, base, "merged model")
     read_adapter_config(adapter_dir)  # the adapter is checked before any work
     check_weights(adapter_dir, "adapter")
     max_bytes = parse_size(max_shard_size)
@@ -159,14 +162,16 @@ def _write_weights(
     pending = dict(adapter.deltas)
     unused = dict(adapter.replacements)
     tied = bool(config.get("tie_word_embeddings"))
-    base_embedding = None
+    base_embedding, head_rows = None, None
     for name, tensor in tqdm(iter_tensors(files), total=total, desc="merging", unit="tensor"):
-        if name == _EMBED and tied and _EMBED in adapter.replacements:
-            base_embedding = tensor  # the tied head is the base's embedding
+        if name == _EMBED:
+            base_embedding = tensor  # a tied head is the base's embedding
         if name in adapter.replacements:
             tensor = unused.pop(name)
         if name in pending:
             tensor = pending.pop(name).merge_into(tensor, device)
+        if name == _HEAD:
+            head_rows = tensor.shape[0]
         if tensor.is_floating_point():
             tensor = tensor.to(dtype)
         sink.add(name, tensor)
@@ -175,20 +180,22 @@ def _write_weights(
             f"the adapter changes {sorted(pending)[0]}, which the base model does not have: "
             f"the adapter was trained on another base model"
         )
-    if tied and (_HEAD in unused or base_embedding is not None):
-        # peft trains a copy of a tied head (or embedding): the two part ways, so write both
-        head = unused.pop(_HEAD, None)
-        head = head if head is not None else base_embedding
-        rows = adapter.replacements.get(_EMBED, head).shape[0]
-        if head.shape[0] != rows:
+    if tied and (_HEAD in adapter.replacements or _EMBED in adapter.replacements):
+        # peft trains copies of a tied head / embedding: they part ways, so both are stored
+        if head_rows is None:
+            head = unused.pop(_HEAD, None)
+            head = head if head is not None else base_embedding
+            head_rows = head.shape[0]
+            sink.add(_HEAD, head.to(dtype) if head.is_floating_point() else head)
+        config["tie_word_embeddings"] = False
+    if _EMBED in adapter.replacements:
+        rows = int(adapter.replacements[_EMBED].shape[0])
+        if head_rows is not None and head_rows != rows:
             raise UserError(
                 f"the adapter resizes {_EMBED} to {rows} rows but holds no {_HEAD} of that "
                 f"size: train the head too (modules_to_save) so the merge can write it"
             )
-        sink.add(_HEAD, head.to(dtype) if head.is_floating_point() else head)
-        config["tie_word_embeddings"] = False
-    if _EMBED in adapter.replacements:
-        config["vocab_size"] = int(adapter.replacements[_EMBED].shape[0])
+        config["vocab_size"] = rows
     if unused:
         raise UserError(
             f"the adapter holds {sorted(unused)[0]}, which matches no tensor of the base model: "

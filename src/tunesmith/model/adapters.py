@@ -10,8 +10,24 @@ from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import LoraConfig
 
 
+def embedding_modules(model: PreTrainedModel) -> list[str]:
+    """Names of the input embeddings and the output head (`embed_tokens`, `lm_head`), as
+    peft's modules_to_save matches them: what must be trained when the vocabulary grows."""
+    wanted = [model.get_input_embeddings(), model.get_output_embeddings()]
+    names = []
+    for module in wanted:
+        for name, candidate in model.named_modules():
+            if candidate is module and name:
+                names.append(name.rsplit(".", 1)[-1])
+                break
+    return list(dict.fromkeys(names))
+
+
 def apply_lora(
-    model: PreTrainedModel, lora_cfg: LoraConfig, gradient_checkpointing: bool = False
+    model: PreTrainedModel,
+    lora_cfg: LoraConfig,
+    gradient_checkpointing: bool = False,
+    modules_to_save: list[str] | None = None,
 ) -> PeftModel:
     """Wrap `model` with a trainable LoRA (or DoRA) adapter; the base weights are frozen.
 
@@ -34,5 +50,6 @@ def apply_lora(
         use_dora=lora_cfg.use_dora,
         bias=lora_cfg.bias,
         task_type="CAUSAL_LM",
+        modules_to_save=modules_to_save,
     )
     return get_peft_model(model, config)

@@ -37,7 +37,13 @@ from transformers.generation.streamers import BaseStreamer
 from tunesmith.config.schema import ModelConfig, QuantizationConfig
 from tunesmith.errors import UserError
 from tunesmith.model.answer_cache import AnswerCache, weights_key
-from tunesmith.model.load import check_weights, load_model, load_tokenizer, resolve_device
+from tunesmith.model.load import (
+    check_weights,
+    fit_embeddings,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from tunesmith.model.resolve import resolve_model_path
 
 # Below this temperature sampling divides logits into inf/nan: it is greedy decoding.
@@ -156,6 +162,7 @@ def load_model_and_tokenizer(
     if adapter_path:
         from peft import PeftModel  # peft pulls in a lot; only adapters need it
 
+        fit_embeddings(net, tokenizer)  # an adapter trained with added special tokens
         net = PeftModel.from_pretrained(net, str(adapter_path))
     net.eval()
     key = weights_key(resolve_model_path(model), *([adapter_path] if adapter_path else []))
@@ -663,6 +670,7 @@ class _Rows(BaseStreamer):
         if len(row.ids) >= self.max_new_tokens:
             row.done, row.reason = True, "length"
             if decode:
+                row.text += self._decode_rest(row)  # a character still held back
                 self._show(row, len(row.text))
             else:
                 row.text = self._decode(row.ids)

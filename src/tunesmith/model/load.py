@@ -93,8 +93,11 @@ def check_safetensors(file: str | Path) -> None:
         ) from None
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """A fast tokenizer with a pad token (eos when the model has none)."""
+def load_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, special_tokens: list[str] | None = None
+) -> PreTrainedTokenizerBase:
+    """A fast tokenizer with a pad token (eos when the model has none) and
+    `special_tokens` added (config key model.special_tokens)."""
     offline_env()
     path = resolve_model_path(name_or_path, with_weights=False)
     if model_type(path) == internlm2.MODEL_TYPE:
@@ -105,7 +108,23 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
         tokenizer = _from_pretrained(AutoTokenizer, path, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if special_tokens:
+        new = [t for t in special_tokens if t not in tokenizer.get_vocab()]
+        if new:
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": new}, replace_extra_special_tokens=False
+            )
     return tokenizer
+
+
+def fit_embeddings(model: PreTrainedModel, tokenizer) -> bool:
+    """Resize the embeddings (and head) to the tokenizer when it has more tokens than the
+    model has rows (special tokens added); returns whether it did."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return False
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return True
 
 
 def load_model(

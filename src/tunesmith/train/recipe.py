@@ -120,7 +120,9 @@ class TrainRecipe:
 
         from tunesmith.model.load import load_tokenizer
 
-        self.tokenizer = load_tokenizer(self.cfg.model.path, self.cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            self.cfg.model.path, self.cfg.model.trust_remote_code, self.cfg.model.special_tokens
+        )
         self._setup_data()
         self.model = self._setup_model()
         self.optimizer, self.scheduler = self._setup_optimizer()
@@ -218,7 +220,7 @@ class TrainRecipe:
             self.total_steps = max(1, math.ceil(epochs_of_micro / accum))
 
     def _setup_model(self) -> torch.nn.Module:
-        from tunesmith.model.load import load_model
+        from tunesmith.model.load import fit_embeddings, load_model
 
         cfg = self.cfg
         model_cfg = cfg.model
@@ -234,11 +236,16 @@ class TrainRecipe:
             device=str(self.accelerator.device),  # this process's GPU under torchrun
             dtype=dtype,
         )
+        # special tokens added (model.special_tokens): new rows, trained in full with LoRA
+        resized = fit_embeddings(model, self.tokenizer)
         if cfg.lora is not None:
-            from tunesmith.model.adapters import apply_lora
+            from tunesmith.model.adapters import apply_lora, embedding_modules
 
             model = apply_lora(
-                model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing
+                model,
+                cfg.lora,
+                gradient_checkpointing=cfg.train.gradient_checkpointing,
+                modules_to_save=embedding_modules(model) if resized else None,
             )
         elif cfg.train.gradient_checkpointing:
             hf_compat.enable_activation_checkpointing(model)
