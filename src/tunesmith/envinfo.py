@@ -125,7 +125,7 @@ def cuda_devices() -> list[dict]:
 
 
 def _qlora_part(installed: bool, cuda: bool) -> Part:
-    install = "pip install 'bitsandbytes>=0.45'"
+    install = "pip install 'bitsandbytes>=0.46.1'"
     if not installed:
         return Part(
             "QLoRA (bitsandbytes 4-bit NF4)", False, "bitsandbytes is not installed", install

@@ -37,7 +37,6 @@ from tunesmith.errors import UserError
 
 CACHE_VERSION = "4"  # 4: one memory-mapped .npy per array (3: one .npz)
 CHUNK = 2048  # conversations per tokenizer call
-ARRAYS = ("ids", "labels", "doc_offsets", "raw_lengths", "row_offsets", "row_docs")
 
 
 class TrainDataset:
@@ -140,7 +139,7 @@ def build_dataset(cfg, tokenizer, progress: bool = True) -> TrainDataset:
     summary["template"] = template.name
     _save(cache, arrays, summary)
     del arrays  # this process too reads the memory-mapped copy from here on
-    return TrainDataset(_map_arrays(cache), summary, pad_id)
+    return TrainDataset(map_arrays(cache), summary, pad_id)
 
 
 def tokenize_conversations(
@@ -318,13 +317,14 @@ def _save(target: Path, arrays: dict[str, np.ndarray], summary: dict) -> None:
             raise
 
 
-def _map_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The cached arrays, memory-mapped read-only (shared by every process on the machine)."""
-    return {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+def map_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays `_save` wrote to `path`, memory-mapped read-only (one copy in the page
+    cache, shared by every process on the machine)."""
+    return {file.stem: np.load(file, mmap_mode="r") for file in sorted(path.glob("*.npy"))}
 
 
 def _load(path: Path, pad_id: int) -> TrainDataset:
-    arrays = _map_arrays(path)
+    arrays = map_arrays(path)
     summary = json.loads((path / "summary.json").read_text())
     summary["cached"] = True
     return TrainDataset(arrays, summary, pad_id)
