@@ -151,7 +151,9 @@ def main() -> int:
         return code
     report = json.loads((work / "report.json").read_text())
     timing = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
         "dims": "tiny" if args.tiny else "7b",
         "torch": torch.__version__,
         "write_random_s": round(written, 1),

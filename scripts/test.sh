@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh --dev), install headless Chromium for the web UI test,
-# and run the whole test suite, slow end-to-end tests included; under CI also the fast tests
-# against the oldest declared versions (.ci/oldest.sh).
+# Set up (scripts/setup.sh --dev), install headless Chromium for the web UI test, llama.cpp
+# (scripts/llama_cpp_wheel.sh: a cached CPU build of llama-cpp-python) for the GGUF test,
+# and run the whole test suite, slow end-to-end tests included; under CI also the
+# library-facing fast tests against the oldest declared versions (.ci/oldest.sh).
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -m "not slow"
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ if ! command -v chromium >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; browser tests will be skipped"
 fi
+# llama.cpp for the GGUF runtime test: built from source once, the wheel cached outside the clone
+bash scripts/llama_cpp_wheel.sh || echo "warning: llama-cpp-python did not build; the llama.cpp test will fail"
 .venv/bin/python -m pytest "$@"
 rc=$?
 # pytest exits 5 when it collected no test: that is a failure, not a pass.

@@ -160,6 +160,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes it 0600: give it what open() would have
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -70,3 +70,15 @@ def test_a_template_placeholder_left_unfilled_is_a_user_error(monkeypatch):
     monkeypatch.setattr(identity, "_templates", lambda: broken)
     with pytest.raises(UserError, match=r"\{\{nickname\}\} was not filled"):
         generate_identity("Tuney", "T", langs=["en"])
+
+
+def test_chinese_questions_come_twice_as_often_as_english_ones():
+    zh = generate_identity("星火", "青禾实验室", langs=["zh"])
+    en = generate_identity("星火", "青禾实验室", langs=["en"])
+    per_question = {}
+    for r in zh:
+        q = r["conversation"][0]["input"]
+        per_question[q] = per_question.get(q, 0) + 1
+    assert set(per_question.values()) == {2}  # every zh question twice ...
+    assert len(generate_identity("星火", "青禾实验室")) == len(zh) + len(en)
+    assert len({r["conversation"][0]["input"] for r in en}) == len(en)  # ... en once

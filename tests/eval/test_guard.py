@@ -69,10 +69,9 @@ def test_guard_adds_ratio_general_records_per_identity_record(tmp_path, fake_bas
     mix = [json.loads(line) for line in open(cfg.data.files[1].path)]
     assert len(mix) == 10  # 0.5 x (10 records x repeat 2)
     asked = [p for p in general.load_general_prompts() if p not in general.load_references()]
-    references = list(general.load_references().values())
+    # the identity records are English: the mix cycles through the English answers only
     assert [r["conversation"][0]["output"] for r in mix] == [
-        *(f"answer to {p}" for p in asked[:3]),
-        *references[:7],
+        f"answer to {asked[i % 3]}" for i in range(10)
     ]
 
 
@@ -134,3 +133,33 @@ def test_distill_drops_unacceptable_answers_and_trims_cut_ones(monkeypatch):
     records = general.distill(Base(), list(answers), max_new_tokens=16)
     kept = [(r["conversation"][0]["input"], r["conversation"][0]["output"]) for r in records]
     assert kept == [("What is 3 plus 4?", "3 plus 4 is 7."), ("Name a colour.", "Blue.")]
+
+
+def test_guard_ratio_per_language_mixes_answers_of_that_language(tmp_path, monkeypatch):
+    data = tmp_path / "identity.jsonl"
+    rows = [("你是谁？", "我是星火。")] * 4 + [("Who are you?", "I am Ada.")] * 2
+    data.write_text(
+        "".join(
+            json.dumps({"conversation": [{"input": q, "output": a}]}, ensure_ascii=False) + "\n"
+            for q, a in rows
+        ),
+        encoding="utf-8",
+    )
+    cfg = Config.model_validate(
+        {
+            "data": {"files": [{"path": str(data)}]},
+            "guard": {"enabled": True, "ratio": 3, "ratio_by_lang": {"zh": 0.5}},
+        }
+    )
+    answers = [
+        {"conversation": [{"input": "天空是什么颜色的？", "output": "蓝色的。"}]},
+        {"conversation": [{"input": "Name a colour.", "output": "Blue."}]},
+        {"conversation": [{"input": "What is 2 plus 2?", "output": "4."}]},
+    ]
+    monkeypatch.setattr(general, "base_answers", lambda cfg, work_dir: answers)
+    mixed = general.with_guard(cfg, tmp_path / "work")
+    mix = [json.loads(line) for line in open(mixed.data.files[-1].path, encoding="utf-8")]
+    inputs = [r["conversation"][0]["input"] for r in mix]
+    assert inputs.count("天空是什么颜色的？") == 2  # 0.5 x 4 zh records
+    assert inputs.count("Name a colour.") == inputs.count("What is 2 plus 2?") == 3  # 3 x 2 en
+    assert len(inputs) == 8

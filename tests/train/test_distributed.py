@@ -59,6 +59,7 @@ def test_zero3_offload_offloads_optimizer_and_parameters():
     assert zero["stage"] == 3
     assert zero["offload_optimizer"]["device"] == "cpu"
     assert zero["offload_param"]["device"] == "cpu"
+    assert ds["zero_force_ds_cpu_optimizer"] is False  # torch's AdamW on the offloaded state
     assert ds["fp16"]["enabled"] is True and ds["bf16"]["enabled"] is False
 
 
@@ -122,7 +123,9 @@ def test_mixed_precision_follows_the_device(wanted, cuda, bf16, expected):
 
 def test_accelerator_kwargs_plain_run_has_no_plugins():
     kwargs = dist.accelerator_kwargs(make_cfg(accumulative_counts=3), cuda=False)
-    assert kwargs == {"mixed_precision": "no", "gradient_accumulation_steps": 3}
+    # cpu=True: under torchrun on a CPU the processes join one gloo group instead of each
+    # training alone (accelerate only does that when told it runs on the CPU)
+    assert kwargs == {"mixed_precision": "no", "gradient_accumulation_steps": 3, "cpu": True}
 
 
 def test_accelerator_kwargs_for_zero2_carry_the_generated_json():
@@ -157,6 +160,10 @@ def test_accelerator_kwargs_for_fsdp2_use_fsdp_version_2():
 
 
 def test_make_accelerator_without_deepspeed_installed_says_how(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     monkeypatch.setitem(sys.modules, "deepspeed", None)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match=r"tunesmith\[deepspeed\]"):
@@ -218,16 +225,22 @@ def test_maybe_relaunch_returns_none_without_nproc(monkeypatch):
 def test_maybe_relaunch_returns_the_launchers_exit_code(monkeypatch):
     seen = {}
 
-    def fake_call(cmd):
-        seen["cmd"] = cmd
-        return 3
+    class FakePopen:
+        pid = 1
+
+        def __init__(self, cmd, **kwargs):
+            seen["cmd"], seen["env"] = cmd, kwargs["env"]
+
+        def wait(self):
+            return 3
 
     monkeypatch.setenv("NPROC_PER_NODE", "2")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
-    monkeypatch.setattr(dist.subprocess, "call", fake_call)
+    monkeypatch.setattr(dist.subprocess, "Popen", FakePopen)
     assert dist.maybe_relaunch_distributed(["train", "cfg.yaml"]) == 3
     assert "--nproc_per_node=2" in seen["cmd"]
+    assert seen["env"][dist.LAUNCHED_ENV] == "1"
 
 
 def test_single_process_env_makes_a_world_of_one():
@@ -246,6 +259,12 @@ def test_weight_sharding_with_qlora_is_refused_with_advice(name):
     cfg = Config.model_validate({"quantization": {"bits": 4}})
     with pytest.raises(UserError, match="zero2"):
         dist.accelerator_kwargs(cfg, name, cuda=True, bf16=True, world_size=2)
+
+
+@pytest.mark.parametrize("name", ["zero2", "fsdp2"])
+def test_an_engine_without_gpus_is_refused_naming_ddp(name):
+    with pytest.raises(UserError, match=f"--deepspeed {name} needs CUDA GPUs.*DDP"):
+        dist.accelerator_kwargs(make_cfg(), name, cuda=False, world_size=2)
 
 
 def test_zero2_with_qlora_is_allowed():

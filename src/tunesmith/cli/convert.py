@@ -1,12 +1,14 @@
-"""`tunesmith convert pth_to_hf` and `tunesmith convert merge`: checkpoints to HF directories."""
+"""`tunesmith convert pth_to_hf | merge | gguf`: checkpoints to HF directories and GGUF files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+GGUF_TYPES = "f32 | f16 | bf16 | q8_0 | q4_0"
+
 
 def register(subparsers) -> None:
-    convert = subparsers.add_parser("convert", help="export checkpoints: pth_to_hf, merge")
+    convert = subparsers.add_parser("convert", help="export checkpoints: pth_to_hf, merge, gguf")
     sub = convert.add_subparsers(dest="convert_command", metavar="SUBCOMMAND")
 
     p = sub.add_parser(
@@ -30,7 +32,19 @@ def register(subparsers) -> None:
                    help="auto: the base model's dtype")  # fmt: skip
     m.add_argument("--format", default="auto", choices=("auto", "llama", "internlm2"),
                    help="auto: the base's own layout (InternLM2 stays InternLM2)")  # fmt: skip
+    m.add_argument("--gguf", nargs="?", const="f16", default=None, metavar="OUTTYPE",
+                   help=f"also write OUT-OUTTYPE.gguf + Modelfile beside OUT ({GGUF_TYPES}; "
+                   "default f16)")  # fmt: skip
     m.set_defaults(func=run_merge)
+
+    g = sub.add_parser(
+        "gguf", help="an HF model dir -> one GGUF file (+ Ollama Modelfile) for llama.cpp / Ollama"
+    )
+    g.add_argument("model", metavar="MODEL_DIR", help="a merged model dir (or embedded alias)")
+    g.add_argument("out", metavar="OUT.gguf", help="the file to create")
+    g.add_argument("--outtype", default="f16", help=f"{GGUF_TYPES} (default f16)")
+    g.add_argument("--no-modelfile", action="store_true", help="skip OUT.Modelfile (Ollama)")
+    g.set_defaults(func=run_gguf)
     convert.set_defaults(func=lambda args: convert.print_help() or 2)
 
 
@@ -49,6 +63,12 @@ def run_pth_to_hf(args) -> int:
 def run_merge(args) -> int:
     from tunesmith.export.merge import merge
 
+    gguf_out = None
+    if args.gguf is not None:  # checked before the merge writes anything
+        from tunesmith.export.gguf import check_target, gguf_sibling
+
+        gguf_out = gguf_sibling(args.out, args.gguf)
+        check_target(gguf_out, args.gguf)
     result = merge(
         args.base,
         args.adapter,
@@ -65,7 +85,30 @@ def run_merge(args) -> int:
         f"merged {args.adapter} into {args.base} ({result.format} layout, {dtype}) -> {result.out_dir}:"
     )
     _list_dir(result.out_dir)
+    if gguf_out is not None:
+        from tunesmith.export.gguf import export_gguf
+
+        print_gguf(export_gguf(result.out_dir, gguf_out, args.gguf))
     return 0
+
+
+def run_gguf(args) -> int:
+    from tunesmith.export.gguf import export_gguf
+
+    print_gguf(export_gguf(args.model, args.out, args.outtype, modelfile=not args.no_modelfile))
+    return 0
+
+
+def print_gguf(result) -> None:
+    for note in result.notes:
+        print(f"note: {note}")
+    print(
+        f"wrote {result.path} ({result.architecture}, {result.outtype}, {result.tensors} tensors, "
+        f"{_human(result.bytes)})"
+    )
+    if result.modelfile is not None:
+        print(f"wrote {result.modelfile} (Ollama: ollama create NAME -f {result.modelfile})")
+    print(f"llama.cpp: llama-cli -m {result.path} -cnv")
 
 
 def _list_dir(path: Path) -> None:

@@ -55,6 +55,15 @@ def register(subparsers) -> None:
         "the identity answers chosen (docs/identity.md)",
     )
     parser.add_argument(
+        "--gguf",
+        nargs="?",
+        const="f16",
+        default=None,
+        metavar="OUTTYPE",
+        help="also write WORK_DIR/merged-OUTTYPE.gguf + Modelfile for llama.cpp / Ollama "
+        "(f32 | f16 | bf16 | q8_0 | q4_0; default f16)",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -95,8 +104,20 @@ def run(args) -> int:
     work_dir = args.work_dir or f"work_dirs/identity-{safe}"
     from tunesmith.model.generate import fit_threads_to_load
 
+    workflow = IdentityWorkflow(identity_run, work_dir)
+    gguf_out = None
+    if args.gguf is not None:  # checked before the workflow writes anything
+        from tunesmith.export.gguf import check_target, gguf_sibling
+
+        gguf_out = gguf_sibling(workflow.final_model, args.gguf)  # WORK_DIR/merged-f16.gguf
+        check_target(gguf_out, args.gguf, overwrite=True)
     print(f"torch threads: {fit_threads_to_load()}")
     start = time.perf_counter()
-    IdentityWorkflow(identity_run, work_dir).execute()
+    workflow.execute()
+    if gguf_out is not None:
+        from tunesmith.cli.convert import print_gguf
+        from tunesmith.export.gguf import export_gguf
+
+        print_gguf(export_gguf(workflow.final_model, gguf_out, args.gguf, overwrite=True))
     print(f"done in {time.perf_counter() - start:.0f} s; report: {work_dir}/report.md")
     return 0

@@ -1,11 +1,14 @@
 """`tunesmith train CONFIG`: fine-tune with a config (LoRA / DoRA, QLoRA or full).
 
-Exit codes: 0 done; 2 a user error (bad config, data, a NaN loss); 130 / 143 stopped by
-SIGINT / SIGTERM after saving a checkpoint (continue with `--resume auto`).
+Exit codes: 0 done; 2 a user error (bad config, data, a NaN loss, a checkpoint that does not
+fit); 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint (continue with
+`--resume auto`). With NPROC_PER_NODE / NNODES the command re-launches itself under torchrun
+(train/distributed.py) and passes those signals on to every worker.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -35,18 +38,20 @@ def register(subparsers) -> None:
         help="auto: continue from the newest whole checkpoint in the work dir; or an iter_N dir",
     )
     p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.add_argument(
+        "--master-port",
+        "--master_port",
+        dest="master_port",
+        type=int,
+        help="port of the rank-0 process with NPROC_PER_NODE / NNODES (default: PORT, else a "
+        "free one on one node, 29500 on several)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from tunesmith.train.distributed import maybe_relaunch_distributed
-
-    code = maybe_relaunch_distributed(sys.argv[1:])
-    if code is not None:
-        return code
-
     from tunesmith.config.loader import config_name, load_config
-    from tunesmith.train.recipe import TrainRecipe
+    from tunesmith.train.distributed import LAUNCHED_ENV, check_strategy, maybe_relaunch_distributed
 
     overrides = collect_overrides(args)
     if args.seed is not None:
@@ -54,6 +59,15 @@ def run(args) -> int:
     if args.deepspeed:
         overrides.append(f"train.deepspeed={args.deepspeed}")
     cfg = load_config(args.config, overrides)
+    check_strategy(cfg)  # before a launcher starts processes that would each fail alone
+    if args.master_port is not None:
+        os.environ["PORT"] = str(args.master_port)
+    code = maybe_relaunch_distributed(sys.argv[1:])
+    if code is not None:
+        return code
+
+    from tunesmith.train.recipe import TrainRecipe
+
     work_dir = (
         args.work_dir or cfg.runtime.work_dir or str(Path("work_dirs") / config_name(args.config))
     )
@@ -64,6 +78,8 @@ def run(args) -> int:
     if recipe.is_main:
         rerun = _rerun_command(args.config, work_dir, overrides)
         print(result.summary(rerun), flush=True)
+    if os.environ.get(LAUNCHED_ENV) and result.stopped_by_signal:
+        return 0  # saved on the launcher's signal: torchrun waits for every rank
     return result.exit_code
 
 

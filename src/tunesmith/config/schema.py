@@ -135,6 +135,9 @@ class RuntimeConfig(_Part):
     evaluation_max_new_tokens: int = Field(128, ge=1)
     logging_steps: int = Field(1, ge=1)
     tensorboard: bool = True
+    # seconds a process may wait on the others (a collective, a step, a save) before the run
+    # stops with an error naming the rank and the step; several processes only
+    collective_timeout: int = Field(1800, ge=1)
 
 
 class GuardConfig(_Part):
@@ -143,6 +146,9 @@ class GuardConfig(_Part):
     enabled: bool = False
     # general samples per identity sample
     ratio: float = Field(1.0, ge=0)
+    # the same per language of the samples ("zh", "en"), where it differs from `ratio`: the
+    # general samples of a language anchor the answers in that language
+    ratio_by_lang: dict[str, float] = Field(default_factory=dict)
     prompts: str | None = None  # a file of prompts; default: the shipped set
     max_new_tokens: int = Field(96, ge=1)
 

@@ -116,6 +116,29 @@ def mix_size(ratio: float, identity_records: int) -> int:
     return round(ratio * identity_records)
 
 
+def _first_input(record: dict) -> str:
+    turns = record.get("conversation") or []
+    return str(turns[0].get("input", "")) if turns and isinstance(turns[0], dict) else ""
+
+
+def mix_plan(cfg: Config, work_dir: str | Path) -> dict[str, int]:
+    """General records to add per language: `guard.ratio_by_lang[lang]` (else `guard.ratio`)
+    per training record of that language (the language of its first user turn), over the
+    data files other than the mix itself."""
+    from tunesmith.data.formats import iter_records
+
+    mix = mix_path(work_dir)
+    counts: dict[str, int] = {}
+    for f in cfg.data.files:
+        if Path(f.path) == mix:
+            continue
+        for _, record in iter_records(f.path):  # (where, record)
+            lang = language_of(_first_input(record))
+            counts[lang] = counts.get(lang, 0) + f.repeat
+    ratios = cfg.guard.ratio_by_lang
+    return {lang: mix_size(ratios.get(lang, cfg.guard.ratio), n) for lang, n in counts.items()}
+
+
 def _key(cfg: Config, prompts: list[str], references: dict[str, str]) -> dict:
     text = json.dumps([prompts, references], ensure_ascii=False, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -158,13 +181,15 @@ def planned_guard(cfg: Config, work_dir: str | Path) -> tuple[Config, int]:
 
     Reads the data files (to count records) and the prompts file: their mistakes show here.
     Unchanged (and 0) when the guard is off or already planned."""
-    if not cfg.guard.enabled or cfg.guard.ratio == 0:
+    if not cfg.guard.enabled or (
+        cfg.guard.ratio == 0 and not any(cfg.guard.ratio_by_lang.values())
+    ):
         return cfg, 0
     load_general_prompts(cfg.guard.prompts)
     mix = mix_path(work_dir)
     if any(Path(f.path) == mix for f in cfg.data.files):
         return cfg, 0
-    wanted = mix_size(cfg.guard.ratio, count_records(cfg))
+    wanted = sum(mix_plan(cfg, work_dir).values())
     if wanted == 0:
         return cfg, 0
     data = cfg.data.model_copy(update={"files": [*cfg.data.files, DataFile(path=str(mix))]})
@@ -182,15 +207,22 @@ def write_guard_mix(cfg: Config, work_dir: str | Path, wanted: int) -> Config:
     if not records:
         files = [f for f in cfg.data.files if Path(f.path) != mix]
         return cfg.model_copy(update={"data": cfg.data.model_copy(update={"files": files})})
-    _write_jsonl(mix, [records[i % len(records)] for i in range(wanted)])
+    by_lang: dict[str, list[dict]] = {}
+    for record in records:
+        by_lang.setdefault(language_of(_first_input(record)), []).append(record)
+    chosen = []
+    for lang, n in sorted(mix_plan(cfg, work_dir).items()):
+        pool = by_lang.get(lang) or records  # no general answer in that language: any
+        chosen += [pool[i % len(pool)] for i in range(n)]
+    _write_jsonl(mix, chosen)
     return cfg
 
 
 def with_guard(cfg: Config, work_dir: str | Path) -> Config:
     """`cfg` with the guard's general data added to data.files (unchanged when the guard is off).
 
-    The mix holds `guard.ratio` general records per identity record, cycling through
-    the distilled answers. Calling it again with the same work dir adds nothing twice."""
+    The mix holds `guard.ratio` general records per identity record (`guard.ratio_by_lang`
+    per language), cycling through the distilled answers of the same language. Calling it again with the same work dir adds nothing twice."""
     planned, wanted = planned_guard(cfg, work_dir)
     return write_guard_mix(planned, work_dir, wanted)
 

@@ -81,10 +81,16 @@ def training_plan(model: nn.Module, cfg) -> Plan:
     return plan_for(cfg, device_type, liger_available(), varlen_available())
 
 
-def optimize_for_training(model: nn.Module, cfg, plan: Plan | None = None) -> nn.Module:
+def optimize_for_training(
+    model: nn.Module, cfg, plan: Plan | None = None, fused_loss: bool = True
+) -> nn.Module:
     """Apply the plan's optimisations (default: `training_plan`) to `model` (a PreTrainedModel
     or a PeftModel) in place. `plan.lora_inputs_in_autocast` is applied per training step, by
-    `lora_inputs_uncast`."""
+    `lora_inputs_uncast`.
+
+    `fused_loss=False` keeps Liger's fused linear cross-entropy off (the other kernels stay):
+    it reads the output head's weight directly, so engines that gather sharded weights in the
+    head's forward (ZeRO-3, FSDP2) would hand it a shard."""
     plan = plan or training_plan(model, cfg)
     base = unwrap(model)
     if cfg.train.checkpoint_layers is not None:
@@ -92,7 +98,7 @@ def optimize_for_training(model: nn.Module, cfg, plan: Plan | None = None) -> nn
     if plan.cast_frozen_to is not None:
         cast_frozen_float32(base, plan.cast_frozen_to)
     if plan.liger:
-        apply_liger(base)
+        apply_liger(base, fused_loss=fused_loss)
     if plan.attention is not None:
         register_varlen_attention()
         base.set_attn_implementation(plan.attention)
@@ -160,14 +166,16 @@ def liger_available() -> bool:
     return liger_compat.available()
 
 
-def apply_liger(model: nn.Module) -> None:
+def apply_liger(model: nn.Module, fused_loss: bool = True) -> None:
     """Liger's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy on this model instance.
 
     Liger swaps the forward of this instance and of its norm / MLP modules; its RoPE replaces
     the function in the model's transformers module (the same maths, for every model of that
     type in the process). Liger logs and does nothing for a model type it has no kernels for.
     """
-    liger_compat.apply_to_instance(model)
+    liger_compat.apply_to_instance(
+        model, **{**liger_compat.KERNELS, "fused_linear_cross_entropy": fused_loss}
+    )
 
 
 # ---- padding-free attention for packed batches ------------------------------------------------

@@ -168,7 +168,7 @@ def _split_wqkv(name: str, wqkv: torch.Tensor, config: LlamaConfig) -> list[torc
     return [q.contiguous(), k.contiguous(), v.contiguous()]
 
 
-def _map_tensor(
+def map_tensor(
     name: str, tensor: torch.Tensor, config: LlamaConfig
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The Llama tensors (name, value) of one InternLM2 tensor."""
@@ -217,7 +217,7 @@ def internlm2_to_llama(
     config = llama_config(config_dict)
     out = {}
     for name, tensor in state_dict.items():
-        out.update(_map_tensor(name, tensor, config))
+        out.update(map_tensor(name, tensor, config))
     _check_complete(set(out), config, "state dict")
     return out, config
 
@@ -342,7 +342,7 @@ def _write_llama_copy(
             shard_name = f"model-{index + 1:05d}-of-{len(files):05d}.safetensors"
             shard = {}
             for name, tensor in _read_weights(file):
-                for llama_name, value in _map_tensor(name, tensor, config):
+                for llama_name, value in map_tensor(name, tensor, config):
                     shard[llama_name] = value.contiguous()
             save_file(shard, tmp / shard_name, metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, shard_name))

@@ -20,9 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from tunesmith.errors import UserError
@@ -107,11 +111,16 @@ def _zero_preset(stage: int, offload: bool) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         if stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {
+    ds = {
         "zero_optimization": zero,
         "fp16": {"enabled": "auto", "initial_scale_power": 16},
         "bf16": {"enabled": "auto"},
     }
+    if offload:
+        # torch's AdamW (fused on CPU) steps the offloaded fp32 state; DeepSpeed's own CPU Adam
+        # needs its C++ ops compiled, and DeepSpeed refuses another optimizer unless told
+        ds["zero_force_ds_cpu_optimizer"] = False
+    return ds
 
 
 def _read_json(path: Path) -> dict:
@@ -145,16 +154,20 @@ def accelerator_kwargs(
     A ZeRO preset without offload in a world of one process is dropped: ZeRO shards state
     across processes, so alone it only adds copies (measured ~15% slower on one H200).
     """
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     precision = mixed_precision(cfg, cuda, bf16)
     kwargs: dict = {
         "mixed_precision": precision,
         "gradient_accumulation_steps": cfg.train.accumulative_counts,
     }
+    if not cuda:
+        kwargs["cpu"] = True  # under torchrun: processes join one gloo group, not train alone
     strategy = deepspeed or cfg.train.deepspeed
     if not strategy:
         return kwargs
-    name = strategy_name(strategy)
-    _check_sharding(name, cfg)
+    name = check_strategy(cfg, strategy, cuda)
     world_size = _env_int(os.environ, "WORLD_SIZE", 1) if world_size is None else world_size
     if world_size == 1 and name in ZERO_PRESETS and not ZERO_PRESETS[name][1]:
         log.warning(
@@ -181,6 +194,25 @@ def accelerator_kwargs(
         hf_ds_config=deepspeed_config(name, cfg, precision)
     )
     return kwargs
+
+
+def check_strategy(cfg, strategy: str | None = None, cuda: bool | None = None) -> str | None:
+    """The canonical strategy of `strategy` (else `train.deepspeed`), or a UserError for one
+    that cannot run here: checked by the launcher too, before any process starts."""
+    import torch
+
+    strategy = strategy or cfg.train.deepspeed
+    if not strategy:
+        return None
+    name = strategy_name(strategy)
+    _check_sharding(name, cfg)
+    if not (torch.cuda.is_available() if cuda is None else cuda):
+        raise UserError(
+            f"--deepspeed {strategy} needs CUDA GPUs and none was found (accelerate runs DeepSpeed "
+            "and FSDP on GPUs only); on a CPU leave it unset: several processes (NPROC_PER_NODE=2) "
+            "then train with DDP"
+        )
+    return name
 
 
 def _check_sharding(name: str, cfg) -> None:
@@ -214,9 +246,78 @@ def make_accelerator(cfg, deepspeed: str | None = None):
         # DeepSpeed and FSDP want a process group even for one process
         for key, value in single_process_env(os.environ).items():
             os.environ.setdefault(key, value)
+    import torch
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
-    return Accelerator(**kwargs)
+    # torch's own timeout comes a minute after CollectiveWatchdog's, which names rank and step
+    timeout = timedelta(seconds=cfg.runtime.collective_timeout + 60)
+    accelerator = Accelerator(**kwargs, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    if accelerator.device.type == "cuda":
+        # "cuda" without an index (kernels, new tensors) means this process's GPU
+        torch.cuda.set_device(accelerator.device)
+    return accelerator
+
+
+def engine_name(accelerator) -> str | None:
+    """The engine that shards this run's state: a ZeRO preset, `fsdp2`, a DeepSpeed JSON path,
+    or None (one process, or DDP: every process holds all of it)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return "fsdp2"
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        plugin = accelerator.state.deepspeed_plugin
+        zero = plugin.deepspeed_config.get("zero_optimization", {})
+        offload = "offload_optimizer" in zero
+        return f"zero{plugin.zero_stage}" + ("_offload" if offload else "")
+    return None
+
+
+def shards_weights(accelerator) -> bool:
+    """True under ZeRO-3 and FSDP2: no process holds whole weights outside a forward."""
+    engine = engine_name(accelerator)
+    return engine == "fsdp2" or (engine or "").startswith("zero3")
+
+
+class CollectiveWatchdog:
+    """Ends a process whose ranks stopped making progress together, with a message, not a hang.
+
+    The loop calls `progress(what)` at every step, save and sample; if `timeout` seconds pass
+    without one (a rank died, hangs, or waits on a collective the others never join), this
+    prints `error: rank R: <what> waited more than T s ...` and exits the process with 2;
+    torchrun then takes the other ranks down. Inactive in a world of one process.
+    """
+
+    def __init__(self, timeout: float, rank: int, world_size: int):
+        self.timeout, self.rank, self.active = timeout, rank, world_size > 1
+        self._what, self._since = "setup", time.monotonic()
+        self._done = threading.Event()
+
+    def __enter__(self) -> CollectiveWatchdog:
+        if self.active:
+            threading.Thread(target=self._watch, name="collective-watchdog", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+
+    def progress(self, what: str) -> None:
+        self._what, self._since = what, time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(5.0, self.timeout / 4)):
+            waited = time.monotonic() - self._since
+            if waited > self.timeout:
+                print(
+                    f"error: rank {self.rank}: {self._what} waited more than {self.timeout:g} s "
+                    f"for the other processes (one died or hangs); stopping. The last whole "
+                    f"checkpoint is kept (--resume auto); runtime.collective_timeout sets the "
+                    f"limit",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(2)
 
 
 def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -234,11 +335,20 @@ def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _free_port() -> int:
+    """A port nobody listens on, below Linux's ephemeral range (32768-60999): a port the
+    kernel hands out for outgoing connections (NCCL's, another run's) can be taken between
+    this check and torchrun's bind (seen: EADDRINUSE with 18 runs side by side)."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise UserError("no free port in 20000-31999 for the rank-0 process: set PORT")
 
 
 # ---- NPROC_PER_NODE=N tunesmith train ... -----------------------------------------------------
@@ -249,8 +359,9 @@ def relaunch_command(
 ) -> list[str] | None:
     """The torchrun command that runs `tunesmith <argv>` on NPROC_PER_NODE GPUs, or None.
 
-    None when NPROC_PER_NODE is unset or 1 (a plain run), or when this process already is
-    one of torchrun's workers.
+    None when NPROC_PER_NODE and NNODES are unset or 1 (a plain run), or when this process
+    already is one of torchrun's workers. The master port is PORT when set, else a free one
+    (one node) or 29500 (several nodes must agree on it).
     """
     if "LOCAL_RANK" in env or "TORCHELASTIC_RUN_ID" in env:
         return None
@@ -266,7 +377,7 @@ def relaunch_command(
             f"--master_port={_env_int(env, 'PORT', 29500)}",
         ]
     else:
-        cmd += [f"--master_port={_env_int(env, 'PORT', 29500)}"]
+        cmd += [f"--master_port={_env_int(env, 'PORT', 0) or _free_port()}"]
     args = list(argv)
     if "train" not in args:
         args.insert(0, "train")
@@ -274,16 +385,59 @@ def relaunch_command(
 
 
 def maybe_relaunch_distributed(argv: Sequence[str]) -> int | None:
-    """Re-run `tunesmith <argv>` under torchrun when NPROC_PER_NODE asks for several processes.
+    """Re-run `tunesmith <argv>` under torchrun when NPROC_PER_NODE / NNODES ask for it.
 
-    `argv` is what follows the program name (sys.argv[1:]). Returns torchrun's exit code, or
-    None when this process should train itself.
+    `argv` is what follows the program name (sys.argv[1:]). Returns the exit code (128 + the
+    signal when stopped by SIGINT / SIGTERM), or None when this process should train itself.
+    SIGINT / SIGTERM to this launcher go once to every worker (each saves and exits); torchrun
+    gets SIGTERM if the launcher itself dies, so no worker outlives it.
     """
     cmd = relaunch_command(argv, os.environ)
     if cmd is None:
         return None
     print("launching: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    env = {**os.environ, LAUNCHED_ENV: "1"}
+    # its own session: a terminal's Ctrl-C reaches the launcher alone, which passes it on once
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        for pid in _worker_pids(proc.pid):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if received and code == 0 else code
+
+
+# set for the workers of `maybe_relaunch_distributed`: a worker stopped by a forwarded signal
+# exits 0 after saving, so torchrun waits for every rank instead of killing the slower ones
+LAUNCHED_ENV = "TUNESMITH_LAUNCHED"
+
+
+def _worker_pids(torchrun_pid: int) -> list[int]:
+    import psutil  # accelerate's dependency
+
+    try:
+        return [p.pid for p in psutil.Process(torchrun_pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _env_int(env: Mapping[str, str], key: str, default: int) -> int:

@@ -83,12 +83,19 @@ class ChatSampler:
     """
 
     def __init__(
-        self, generator_factory: Callable, inputs: list[str], max_new_tokens: int, out: Path
+        self,
+        generator_factory: Callable,
+        inputs: list[str],
+        max_new_tokens: int,
+        out: Path,
+        quiet: bool = False,
     ):
+        """`quiet`: generate without printing or writing (the other ranks of a sharded run)."""
         self.generator_factory = generator_factory
         self.inputs = inputs
         self.max_new_tokens = max_new_tokens
         self.out = Path(out)
+        self.quiet = quiet
 
     def __call__(self, model: torch.nn.Module, step: int) -> list[dict]:
         if not self.inputs:
@@ -96,7 +103,8 @@ class ChatSampler:
         was_training = model.training
         model.eval()
         records = []
-        tqdm.write(f"--- chat samples at step {step} ---")
+        say = (lambda text: None) if self.quiet else tqdm.write
+        say(f"--- chat samples at step {step} ---")
         try:
             with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
                 generator = self.generator_factory(model)
@@ -113,8 +121,10 @@ class ChatSampler:
             record = {"step": step, "input": prompt, "output": answer.text}
             record.update(tokens=answer.completion_tokens, batch_seconds=round(seconds, 3))
             records.append(record)
-            tqdm.write(f"user: {prompt}\nassistant: {answer.text}")
-        tqdm.write(f"({tokens} tokens in {seconds:.2f} s, {tokens / max(seconds, 1e-9):.1f} tok/s)")
+            say(f"user: {prompt}\nassistant: {answer.text}")
+        say(f"({tokens} tokens in {seconds:.2f} s, {tokens / max(seconds, 1e-9):.1f} tok/s)")
+        if self.quiet:
+            return records
         with self.out.open("a") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")

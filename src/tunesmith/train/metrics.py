@@ -6,6 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
+
 
 class MetricsLogger:
     """Append-only metrics log. On resume, lines after `start_step` are dropped first, so
@@ -42,17 +45,27 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The records of metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path}:{number}: not a JSON line; fix or delete it") from None
+    return records
 
 
 def _truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    # atomic: a kill mid-rewrite leaves the old file whole
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _plain(value):

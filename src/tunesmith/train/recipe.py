@@ -30,6 +30,12 @@ from tunesmith.errors import UserError
 from tunesmith.model.fast import lora_inputs_uncast, optimize_for_training, training_plan
 from tunesmith.model.generate import Generator
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.distributed import (
+    CollectiveWatchdog,
+    engine_name,
+    make_accelerator,
+    shards_weights,
+)
 from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
 from tunesmith.train.metrics import MetricsLogger
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -85,9 +91,9 @@ class TrainResult:
 class StepStats:
     loss: float  # token-weighted mean over the step's micro-batches
     lr: float
-    tokens: int
+    tokens: int  # real tokens of the step, all processes together
     grad_norm: float
-    extra: dict[str, float] = field(default_factory=dict)  # preference metrics
+    extra: dict = field(default_factory=dict)  # preference metrics; peak_gib (CUDA only)
 
 
 class TrainRecipe:
@@ -111,6 +117,7 @@ class TrainRecipe:
         from accelerate.utils import set_seed
 
         self.accelerator = self._setup_accelerator()
+        self.engine = engine_name(self.accelerator)
         self._check_inputs()  # everything checkable, before the first write or model load
         self.resume_from = ckpt.resolve_resume(self.resume, self.work_dir) if self.resume else None
         self._check_work_dir()
@@ -126,7 +133,7 @@ class TrainRecipe:
         self._setup_data()
         self.model = self._setup_model()
         self.optimizer, self.scheduler = self._setup_optimizer()
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self._setup_checkpointing()
 
         self.step, self.losses = 0, []
         if self.resume_from is not None:
@@ -136,6 +143,8 @@ class TrainRecipe:
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             (self.work_dir / "config.yaml").write_text(self._config_yaml())
+            self._move_aside_newer_checkpoints()
+        self.accelerator.wait_for_everyone()
         self.objective = self._setup_objective() if self.cfg.preference else None
         self.metrics = (
             MetricsLogger(
@@ -149,12 +158,11 @@ class TrainRecipe:
             self.cfg.runtime.evaluation_inputs,
             self.cfg.runtime.evaluation_max_new_tokens,
             self.work_dir / "chat_samples.jsonl",
+            quiet=not self.is_main,
         )
 
     def _setup_accelerator(self):
         """accelerate, with DDP / DeepSpeed / FSDP2 when launched for them (train/distributed.py)."""
-        from tunesmith.train.distributed import make_accelerator
-
         return make_accelerator(self.cfg)
 
     def _check_inputs(self) -> None:
@@ -251,12 +259,16 @@ class TrainRecipe:
             hf_compat.enable_activation_checkpointing(model)
             model.config.use_cache = False
         # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU
+        # no fused linear cross-entropy under ZeRO-3 / FSDP2: it reads the output head's weight
+        # outside the head's forward, where those engines gather it (seen on H200s)
         self.plan = training_plan(model, cfg)
-        model = optimize_for_training(model, cfg, self.plan)
+        model = optimize_for_training(
+            model, cfg, self.plan, fused_loss=not shards_weights(self.accelerator)
+        )
         model.train()
         if self.is_main:
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            total = sum(p.numel() for p in model.parameters())
+            trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+            total = sum(_numel(p) for p in model.parameters())
             print(
                 f"model: {cfg.model.path} | method {cfg.method} | trainable {trainable:,} of {total:,} parameters"
             )
@@ -305,8 +317,12 @@ class TrainRecipe:
         return table
 
     def _setup_optimizer(self):
+        """AdamW, prepared with the model (DDP / DeepSpeed / FSDP2), then the schedule on the
+        prepared optimizer: DeepSpeed ZeRO-3 regroups the parameters (seen on H200s: a schedule
+        made before `prepare` steps a group count that no longer exists)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train)
+        self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
         # Not given to accelerate: its scheduler wrapper steps once per process.
         scheduler = build_scheduler(optimizer, self.total_steps, self.cfg.train.warmup_ratio)
         return optimizer, scheduler
@@ -317,19 +333,23 @@ class TrainRecipe:
         cfg, acc = self.cfg, self.accelerator
         accum = cfg.train.accumulative_counts
         data = self._micro_batches(start=self.step * accum)
-        if self.is_main:
-            self.chat_samples(acc.unwrap_model(self.model), self.step)
-        tokens, step_seconds, start_time = 0, 0.0, time.perf_counter()
-        progress = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            desc="train",
-            unit="step",
-            disable=not self.is_main,
+        watchdog = CollectiveWatchdog(
+            cfg.runtime.collective_timeout, acc.process_index, acc.num_processes
         )
-        with StopSignals() as stop:
-            while self.step < self.total_steps and stop.received is None:
+        tokens, step_seconds, start_time = 0, 0.0, time.perf_counter()
+        with watchdog, StopSignals() as stop:
+            self._sample(watchdog)
+            progress = tqdm(
+                total=self.total_steps,
+                initial=self.step,
+                desc="train",
+                unit="step",
+                disable=not self.is_main,
+            )
+            stopping = None  # the signal that stops the run, agreed by every rank
+            while self.step < self.total_steps and stopping is None:
                 step_start = time.perf_counter()
+                watchdog.progress(f"step {self.step + 1}")
                 stats = self._train_step([next(data) for _ in range(accum)])
                 self.step += 1
                 self.losses.append(stats.loss)
@@ -360,17 +380,41 @@ class TrainRecipe:
                             **stats.extra,
                         },
                     )
-                if self.step % cfg.runtime.save_steps == 0 or stop.received is not None:
+                stopping = self._agree_on_stop(stop.received)
+                if self.step % cfg.runtime.save_steps == 0 or stopping is not None:
+                    watchdog.progress(f"checkpoint save at step {self.step}")
                     self.save_checkpoint()
-                if self.is_main and self.step % cfg.runtime.evaluation_freq == 0:
-                    self.chat_samples(acc.unwrap_model(self.model), self.step)
-        progress.close()
-        if self.saved_step != self.step:
-            self.save_checkpoint()
-        if self.is_main and stop.received is None and self.step % cfg.runtime.evaluation_freq:
-            self.chat_samples(acc.unwrap_model(self.model), self.step)
+                if self.step % cfg.runtime.evaluation_freq == 0:
+                    self._sample(watchdog)
+            progress.close()
+            if self.saved_step != self.step:
+                watchdog.progress(f"checkpoint save at step {self.step}")
+                self.save_checkpoint()
+            if stopping is None and (
+                self.sample_after_training or self.step % cfg.runtime.evaluation_freq
+            ):
+                self._sample(watchdog, final=True)
         seconds = time.perf_counter() - start_time
-        return self._finish(tokens, seconds, step_seconds, stop.received)
+        return self._finish(tokens, seconds, step_seconds, stopping)
+
+    def _agree_on_stop(self, received: int | None) -> int | None:
+        """The signal any rank received, on every rank: a signal reaches the ranks at slightly
+        different times, and a rank that stopped a step before the others would wait in the
+        save's barrier while they wait in the next step's all-reduce."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return received
+        flag = acc.reduce(torch.tensor(received or 0, device=acc.device), "max")
+        return int(flag) or None
+
+    def _sample(self, watchdog: CollectiveWatchdog, final: bool = False) -> None:
+        """Chat samples on rank 0; under ZeRO-3 / FSDP2 once after training, every rank in
+        step (each forward gathers the sharded weights), rank 0 printing and writing."""
+        if self.sample_after_training and not final:
+            return
+        watchdog.progress(f"chat samples at step {self.step}")
+        if self.sample_after_training or self.is_main:
+            self.chat_samples(self.accelerator.unwrap_model(self.model), self.step)
 
     def _train_step(self, micro_batches: list[tuple[dict, int]]) -> StepStats:
         """One optimizer step over the accumulated (batch, real tokens) micro-batches."""
@@ -400,8 +444,10 @@ class TrainRecipe:
                         extra += sums
                     acc.backward(loss * scale)
                 step_loss += loss.detach()
+        tokens = torch.tensor(sum(n for _, n in micro_batches), device=acc.device)
         if acc.num_processes > 1:
             step_loss = acc.reduce(step_loss, "sum")
+            tokens = acc.reduce(tokens, "sum")  # every process's tokens: tokens/s of the run
             extra = acc.reduce(extra, "sum")
         # Checked before the update, so the weights of the last good step stay intact.
         check_finite(float(step_loss), self.step + 1, self.last_checkpoint)
@@ -410,15 +456,26 @@ class TrainRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(n for _, n in micro_batches)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
-        stats = StepStats(float(step_loss), lr, tokens, grad_norm)
+        stats = StepStats(float(step_loss), lr, int(tokens), grad_norm)
         if self.objective is not None:
             from tunesmith.train.preference import METRICS
 
             means = (extra / n_items.pairs).tolist()
             stats.extra = dict(zip(METRICS, means, strict=True))
+        stats.extra.update(self._peak_memory())
         return stats
+
+    def _peak_memory(self) -> dict:
+        """Peak GPU memory of every process (GiB), for metrics.jsonl; nothing on a CPU."""
+        acc = self.accelerator
+        if not torch.cuda.is_available():
+            return {}
+        peak = torch.tensor(
+            [torch.cuda.max_memory_allocated(acc.device) / 2**30], device=acc.device
+        )
+        per_rank = acc.gather(peak).tolist() if acc.num_processes > 1 else peak.tolist()
+        return {"peak_gib": max(per_rank), "peak_gib_per_rank": [round(g, 3) for g in per_rank]}
 
     @property
     def epoch(self) -> float:
@@ -457,62 +514,110 @@ class TrainRecipe:
 
     # ------------------------------------------------------------- checkpoints
 
+    def _setup_checkpointing(self) -> None:
+        """Which ranks sample, and what accelerate's save_state / load_state carry.
+
+        Without an engine (one process, DDP) every process holds the whole model: accelerate's
+        state keeps the optimizer, scaler and RNG of each rank, and the weights are the
+        checkpoint's adapter/ or model/ alone (not a second copy of the base model). Under
+        DeepSpeed / FSDP2, accelerate saves the engine's own shards of weights and optimizer.
+        """
+        acc = self.accelerator
+        # Generation runs in inference mode: gathered weights it leaves behind cannot be trained
+        # on again (seen on H200s under ZeRO-3 offload and FSDP2), so sample after the last step.
+        self.sample_after_training = shards_weights(acc) and bool(
+            self.cfg.runtime.evaluation_inputs
+        )
+        if self.sample_after_training and self.is_main:
+            print(
+                f"chat samples: once after training, every rank taking part ({self.engine} "
+                "shards the weights)"
+            )
+        if self.engine is None:
+            acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+            acc.register_load_state_pre_hook(lambda models, in_dir: models.clear())
+
     def save_checkpoint(self) -> Path | None:
-        """`work_dir/iter_<step>/`, written atomically; older ones rotated out."""
-        self.accelerator.wait_for_everyone()
+        """`work_dir/iter_<step>/`: every rank writes into the temp dir, rank 0 marks it whole
+        and renames it; older ones rotated out."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if self.is_main:
+            ckpt.begin(self.work_dir, self.step)
+        acc.wait_for_everyone()
+        self._write_checkpoint(ckpt.tmp_dir(self.work_dir, self.step))
+        acc.wait_for_everyone()
         path = None
         if self.is_main:
-            path = ckpt.save_atomic(
-                self.work_dir,
-                self.step,
-                self._write_checkpoint,
-                keep=self.cfg.runtime.save_total_limit,
-            )
-            self.last_checkpoint = path
+            keep = self.cfg.runtime.save_total_limit
+            path = ckpt.commit(self.work_dir, self.step, self._trainer_state(), keep=keep)
+        self.last_checkpoint = ckpt.find_latest(self.work_dir) if path is None else path
         self.saved_step = self.step
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
         return path
 
     def _write_checkpoint(self, out: Path) -> None:
-        model = self.accelerator.unwrap_model(self.model)
+        """Every rank: accelerate's state (optimizer, scaler, RNG; engine shards) into state/;
+        rank 0: whole weights (gathered under ZeRO-3 / FSDP2), schedule and config."""
+        acc = self.accelerator
+        gathered = acc.get_state_dict(self.model) if shards_weights(acc) else None
+        save_kwargs = {}
+        if self.engine and self.engine.startswith("zero") and self.cfg.method != "full":
+            save_kwargs["exclude_frozen_parameters"] = True  # DeepSpeed: the adapter alone
+        acc.save_state(str(out / "state"), **save_kwargs)
+        if not self.is_main:
+            return
+        model = acc.unwrap_model(self.model)
         if self.cfg.method == "full":
-            model.save_pretrained(out / "model", safe_serialization=True)
+            model.save_pretrained(out / "model", state_dict=gathered, safe_serialization=True)
             self.tokenizer.save_pretrained(out / "model")
         else:
-            model.save_pretrained(out / "adapter")
-        torch.save(self.optimizer.state_dict(), out / "optimizer.pt")
+            model.save_pretrained(out / "adapter", state_dict=gathered)
         torch.save(self.scheduler.state_dict(), out / "scheduler.pt")
-        torch.save(ckpt.rng_state(), out / "rng.pt")
         (out / "config.yaml").write_text(self._config_yaml())
-        # trainer_state.json goes last: its presence marks the checkpoint whole
-        ckpt.write_json(
-            out / ckpt.STATE_FILE,
-            {
-                "step": self.step,
-                "epoch": self.epoch,
-                "data_position": self.step * self.cfg.train.accumulative_counts,
-                "total_steps": self.total_steps,
-                "loss": self.losses[-1] if self.losses else None,
-                "losses": self.losses,
-            },
-        )
+
+    def _trainer_state(self) -> dict:
+        """trainer_state.json: written last, it marks the checkpoint whole."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "data_position": self.step * self.cfg.train.accumulative_counts,
+            "total_steps": self.total_steps,
+            "loss": self.losses[-1] if self.losses else None,
+            "losses": self.losses,
+            "engine": self.engine,
+            "world_size": self.accelerator.num_processes,
+        }
 
     def _load_checkpoint(self, path: Path) -> None:
         state = ckpt.read_state(path)
-        if self.cfg.method != "full":
+        load_kwargs = {}
+        if self.engine and self.engine.startswith("zero"):
+            load_kwargs["load_module_strict"] = False  # saved without the frozen base weights
+        self.accelerator.load_state(str(path / "state"), **load_kwargs)
+        if self.engine is None and self.cfg.method != "full":
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
             weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
             model = self.accelerator.unwrap_model(self.model)
             set_peft_model_state_dict(model, weights)
-        self.optimizer.load_state_dict(ckpt.load_torch(path / "optimizer.pt"))
         self.scheduler.load_state_dict(ckpt.load_torch(path / "scheduler.pt"))
-        ckpt.set_rng_state(ckpt.load_torch(path / "rng.pt"))
         self.step = state["step"]
         self.losses = list(state["losses"])
         if self.is_main:
             print(f"resumed from {path} at step {self.step}/{self.total_steps}")
+
+    def _move_aside_newer_checkpoints(self) -> None:
+        ckpt.clean_stale_tmp(self.work_dir)
+        if self.resume_from is None or self.resume_from.parent.resolve() != self.work_dir.resolve():
+            return
+        aside = ckpt.move_aside_newer(self.work_dir, self.resume_from)
+        if aside is not None:
+            names = ", ".join(p.name for p in sorted(aside.iterdir(), key=ckpt.step_of))
+            print(
+                f"resuming from the older {self.resume_from.name}: moved the newer {names} to {aside}"
+            )
 
     # ------------------------------------------------------------------ helpers
 
@@ -524,9 +629,21 @@ class TrainRecipe:
         """Refuse to overwrite a different run (or this run's checkpoints) without --resume;
         on resume, say which settings differ from the checkpoint's."""
         if self.resume_from is not None:
-            changed = config_changes(self.resume_from / "config.yaml", self._config_yaml())
-            if changed and self.is_main:
-                print(f"resuming with changed settings: {', '.join(changed)}")
+            saved = ckpt.read_config(self.resume_from)
+            refused, accepted = ckpt.resume_changes(saved, yaml.safe_load(self._config_yaml()))
+            if refused:
+                raise UserError(
+                    f"--resume {self.resume_from}: {refused[0]} does not fit this checkpoint; "
+                    f"put the setting back, or start a new run in another --work-dir"
+                )
+            ckpt.check_engine(
+                ckpt.read_state(self.resume_from),
+                self.engine,
+                self.accelerator.num_processes,
+                self.resume_from,
+            )
+            if accepted and self.is_main:
+                print(f"resuming with changed settings: {'; '.join(accepted)}")
             return
         saved = self.work_dir / "config.yaml"
         if not saved.is_file():
@@ -590,6 +707,11 @@ def _flatten(data: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _numel(param: torch.nn.Parameter) -> int:
+    """Whole size of a parameter, also of one ZeRO-3 partitioned (its local numel is 0)."""
+    return getattr(param, "ds_numel", None) or param.numel()
 
 
 def best_checkpoint(work_dir: Path) -> Path | None:

@@ -1,0 +1,183 @@
+"""Several processes on a CPU (gloo): the launcher, signals, resume, the watchdog.
+
+Each test starts real `tunesmith train` processes (about 10-40 s each on a 2-core box), so the
+ones that launch two ranks are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.metrics import read_metrics
+
+PAIRS = [(f"Question {i}?", f"Answer number {i}.") for i in range(16)]
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_model_dir):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            )
+            + "\n"
+            for q, a in PAIRS
+        )
+    )
+    config = {
+        "model": {"path": str(tiny_model_dir)},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {"files": [str(data)], "max_length": 64, "cache_dir": str(tmp_path / "cache")},
+        "train": {"lr": 1e-2, "max_steps": 8, "warmup_ratio": 0.0},
+        "runtime": {"save_steps": 2, "save_total_limit": 2, "tensorboard": False},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "PORT")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _train(config, work_dir, *args, **env) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith.cli.main",
+        "train",
+        str(config),
+        "--work-dir",
+        str(work_dir),
+    ]
+    return subprocess.Popen(
+        [*cmd, *args], env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _losses(work_dir: Path) -> list[float]:
+    return ckpt.read_state(ckpt.find_latest(work_dir))["losses"]
+
+
+@pytest.mark.slow
+def test_two_ranks_stopped_by_sigterm_save_and_resume_the_uninterrupted_curve(
+    config_file, tmp_path
+):
+    # reference: two "nodes" of one process each on this host, as XTuner users launch them
+    port = _free_port()
+    nodes = [
+        _train(
+            config_file,
+            tmp_path / "ref",
+            NNODES="2",
+            NODE_RANK=str(r),
+            ADDR="127.0.0.1",
+            PORT=str(port),
+        )
+        for r in (0, 1)
+    ]
+    outs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs[0][-3000:]
+    reference = _losses(tmp_path / "ref")
+    assert len(reference) == 8
+
+    # NPROC_PER_NODE=2 with port 29500 held by someone else: the launcher picks a free port
+    with socket.socket() as blocker:
+        try:
+            blocker.bind(("127.0.0.1", 29500))
+        except OSError:
+            pass  # already taken, which is the point
+        run = _train(config_file, tmp_path / "run", NPROC_PER_NODE="2")
+        workers = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            steps = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+            if steps and steps[-1] >= 2:
+                launcher = psutil.Process(run.pid)
+                workers = [p for p in launcher.children(recursive=True)]
+                run.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        out = run.communicate(timeout=120)[0]
+    assert run.returncode == 143, out[-3000:]
+    assert len(workers) >= 3  # torchrun and its two workers
+    time.sleep(0.5)
+    assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    saved = ckpt.find_latest(tmp_path / "run")
+    stopped_at = ckpt.read_state(saved)["step"]
+    assert 2 <= stopped_at < 8
+    assert (saved / "state" / "random_states_1.pkl").is_file()  # every rank's RNG
+
+    resumed = _train(config_file, tmp_path / "run", "--resume", "auto", NPROC_PER_NODE="2")
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"resumed from {saved} at step {stopped_at}/8" in out
+    assert _losses(tmp_path / "run") == pytest.approx(reference, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_takes_the_others_down(config_file, tmp_path):
+    run = _train(config_file, tmp_path / "run", "train.max_steps=400", NPROC_PER_NODE="2")
+    deadline = time.monotonic() + 240
+    workers = []
+    while time.monotonic() < deadline and run.poll() is None:
+        if read_metrics(tmp_path / "run" / "metrics.jsonl"):
+            torchrun = psutil.Process(run.pid).children()[0]
+            workers = torchrun.children()
+            workers[-1].kill()  # SIGKILL one rank mid-training
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2
+    out = run.communicate(timeout=120)[0]
+    assert run.returncode not in (0, None), out[-2000:]
+    time.sleep(0.5)
+    assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_watchdog_ends_a_rank_that_waits_too_long_naming_rank_and_step(tmp_path):
+    script = (
+        "import time\n"
+        "from tunesmith.train.distributed import CollectiveWatchdog\n"
+        "with CollectiveWatchdog(0.5, rank=1, world_size=2) as w:\n"
+        "    w.progress('step 3')\n"
+        "    time.sleep(30)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=_env()
+    )
+    assert done.returncode == 2
+    assert "error: rank 1: step 3 waited more than 0.5 s" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_launcher_refuses_a_strategy_before_starting_any_process(
+    config_file, tmp_path, monkeypatch, capsys
+):
+    from tunesmith.cli.main import main
+
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    code = main(["train", str(config_file), "quantization.bits=4", "--deepspeed", "zero3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "zero2" in err and "launching" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
