@@ -141,7 +141,8 @@ class Case:
         args = ["train", str(self.config), "--work-dir", str(self.dir / work), *extra]
         if self.engine != "none":
             args += ["--deepspeed", self.engine]
-        return self.cli(*args)
+        # ACCEPT_OVERRIDES="model.use_liger=false ...": key=value overrides for every train run
+        return self.cli(*args, *os.environ.get("ACCEPT_OVERRIDES", "").split())
 
     def step(self, name: str, cmd: list[str], limit: float, expect: int = 0) -> int:
         start = time.monotonic()

@@ -104,8 +104,8 @@ dpo)
   # DPO QLoRA, 4 pairs x 2 x 1024 (issue 13): tunesmith's objective, then TRL's DPOTrainer
   # (.whl must hold trl, datasets, dill, multiprocess besides the SFT wheels)
   python3 bench/gpu_train.py prepare > "$OUTD/prepare.log" 2>&1 || tail -5 "$OUTD/prepare.log"
-  run ts_dpo_qlora 150 python3 bench/gpu_dpo.py tunesmith --steps 10
-  run trl_dpo_qlora 300 python3 bench/gpu_dpo.py trl --steps 10
+  run ts_dpo_qlora 120 python3 bench/gpu_dpo.py tunesmith --steps 8
+  run trl_dpo_qlora 270 python3 bench/gpu_dpo.py trl --steps 8
   ;;
 lora)
   # LoRA inputs kept in bf16 under autocast (default) vs peft's fp32 copy of them

@@ -5,7 +5,8 @@ tuned_eval, report) run with the tutorial's recipe `internlm2_5_chat_7b_qlora_al
 on a GPU, and times each one. The weights are random, so the report's scores mean
 nothing; what counts is that every stage completes on the GPU and how long it takes.
 
-On a GPU machine (one card; ~16 GB of disk for the random checkpoint):
+On a GPU machine (one card; ~50 GB of disk: the random checkpoint, its Llama-layout copy
+and the merged model, 15.5 GB each):
 
     PYTHONPATH=src python bench/identity_7b_gpu.py /tmp/id7b
 

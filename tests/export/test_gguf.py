@@ -84,6 +84,7 @@ def reloaded_model(small_llama):
     return load
 
 
+@pytest.mark.slow  # a GGUF load of a 49k / 92k vocabulary: 30-50 s on 2 cores
 def test_smollm_tokenizer_reloads_equal(smollm_export, smollm_tokenizer):
     _, tokenizer = reload(smollm_export)
     for text in SAMPLES:

@@ -58,6 +58,7 @@ def test_written_as_llama_with_sentencepiece_vocab(exported):
     assert any("dynamic" in note for note in result.notes)  # the tiny config has dynamic RoPE
 
 
+@pytest.mark.slow  # a GGUF load of a 49k / 92k vocabulary: 30-50 s on 2 cores
 def test_reloads_with_native_logits(exported):
     """transformers' GGUF tokenizer ignores add_space_prefix = false (it always prefixes "▁"),
     so the logits are compared on the native tokenizer's ids; llama.cpp's own tokenization is

@@ -97,7 +97,7 @@ def test_llama_cpp_answers_with_the_new_name_and_stops(identity_gguf):
     tokens = []
     for token in llm.generate(prompt, temp=0.0):
         tokens.append(token)
-        if llm._model.token_is_eog(token) or len(tokens) == 120:
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(tokens) == 120:
             break
     assert tokens[-1] == eot, llm.detokenize(tokens)
     llm.close()

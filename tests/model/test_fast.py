@@ -279,3 +279,10 @@ def test_plan_keeps_lora_inputs_in_autocast_only_for_lora_with_mixed_precision()
     assert fast.plan_for(no_amp, "cuda", True, True).lora_inputs_in_autocast is False
     dora = Config.model_validate({"lora": {"use_dora": True}})
     assert fast.plan_for(dora, "cuda", True, True).lora_inputs_in_autocast is False
+
+
+def test_liger_stays_off_under_weight_sharding_engines():
+    cfg = make_cfg(use_liger=True)
+    assert fast.plan_for(cfg, "cuda", liger_available=True, varlen_available=True).liger
+    sharded = fast.plan_for(cfg, "cuda", True, True, sharded_weights=True)
+    assert not sharded.liger

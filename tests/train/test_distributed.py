@@ -154,7 +154,9 @@ def test_zero_offload_in_one_process_keeps_deepspeed():
 
 
 def test_accelerator_kwargs_for_fsdp2_use_fsdp_version_2():
-    kwargs = dist.accelerator_kwargs(make_cfg(), "fsdp2", cuda=True, bf16=True)
+    kwargs = dist.accelerator_kwargs(
+        Config.model_validate({"lora": None}), "fsdp2", cuda=True, bf16=True
+    )
     assert kwargs["fsdp_plugin"].fsdp_version == 2
     assert "deepspeed_plugin" not in kwargs
 
@@ -263,11 +265,36 @@ def test_weight_sharding_with_qlora_is_refused_with_advice(name):
 
 @pytest.mark.parametrize("name", ["zero2", "fsdp2"])
 def test_an_engine_without_gpus_is_refused_naming_ddp(name):
+    full = Config.model_validate({"lora": None})
     with pytest.raises(UserError, match=f"--deepspeed {name} needs CUDA GPUs.*DDP"):
-        dist.accelerator_kwargs(make_cfg(), name, cuda=False, world_size=2)
+        dist.accelerator_kwargs(full, name, cuda=False, world_size=2)
 
 
 def test_zero2_with_qlora_is_allowed():
     cfg = Config.model_validate({"quantization": {"bits": 4}})
     kwargs = dist.accelerator_kwargs(cfg, "deepspeed_zero2", cuda=True, bf16=True, world_size=2)
     assert kwargs["deepspeed_plugin"].zero_stage == 2
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero3", "zero3_offload", "fsdp2"])
+def test_weight_sharding_with_lora_on_two_gpus_is_refused_naming_zero2(name):
+    cfg = Config.model_validate({"lora": {"r": 8}})
+    with pytest.raises(UserError, match="with LoRA does not train yet.*zero2"):
+        dist.accelerator_kwargs(cfg, name, cuda=True, bf16=True, world_size=2)
+
+
+def test_the_launcher_refuses_lora_with_zero3_from_nproc_per_node(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    cfg = Config.model_validate({"lora": {"r": 8}})
+    with pytest.raises(UserError, match="zero2"):
+        dist.check_strategy(cfg, "zero3", cuda=True)
+
+
+def test_zero3_lora_on_one_process_and_fsdp2_full_are_allowed():
+    lora = Config.model_validate({"lora": {"r": 8}})
+    assert dist.accelerator_kwargs(lora, "zero3", cuda=True, bf16=True, world_size=1)
+    full = Config.model_validate({"lora": None})
+    assert "fsdp_plugin" in dist.accelerator_kwargs(
+        full, "fsdp2", cuda=True, bf16=True, world_size=2
+    )

@@ -160,3 +160,25 @@ def test_dpo_on_the_embedded_model_raises_the_margin(tmp_path, pairs_file):
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert rows[0]["margin"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at step 1
     assert rows[-1]["margin"] > 0.05, rows
+
+
+def test_chunked_log_probs_equal_one_chunk(monkeypatch):
+    from tunesmith.train import preference
+
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 23, 11, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 23), generator=gen)
+    labels[:, :4] = -100
+    index = torch.tensor([[0] * 12 + [1] * 11, [2] * 20 + [-1] * 3])
+    labels[1, 20:] = -100
+    results = []
+    for chunk in (1024, 5):
+        monkeypatch.setattr(preference, "LOGP_CHUNK", chunk)
+        logits.grad = None
+        sums, counts = preference.sequence_logps(logits, labels, index, 3)
+        (sums * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+        results.append((sums.detach(), counts, logits.grad.clone()))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+    assert results[0][1].tolist() == [8, 11, 16]

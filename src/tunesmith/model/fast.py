@@ -51,8 +51,16 @@ class Plan:
     lora_inputs_in_autocast: bool = False  # no fp32 copy of LoRA inputs under autocast
 
 
-def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: bool) -> Plan:
-    """Decide the optimisations for a model on `device_type` under `cfg` (a Config)."""
+def plan_for(
+    cfg,
+    device_type: str,
+    liger_available: bool,
+    varlen_available: bool,
+    sharded_weights: bool = False,
+) -> Plan:
+    """Decide the optimisations for a model on `device_type` under `cfg` (a Config).
+
+    `sharded_weights` (ZeRO-3, FSDP2) keeps Liger off: see `optimize_for_training`."""
     packed_auto = cfg.model.attn_implementation == "auto" and cfg.data.pack_to_max_length
     if device_type != "cuda":
         return Plan(attention=VARLEN if packed_auto else None)
@@ -67,7 +75,7 @@ def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: boo
         attention = VARLEN
     return Plan(
         cast_frozen_to=dtype if dtype != torch.float32 else None,
-        liger=bool(use_liger) and liger_available,
+        liger=bool(use_liger) and liger_available and not sharded_weights,
         attention=attention,
         lora_inputs_in_autocast=(
             cfg.lora is not None and not cfg.lora.use_dora and cfg.train.mixed_precision != "no"
@@ -75,30 +83,32 @@ def plan_for(cfg, device_type: str, liger_available: bool, varlen_available: boo
     )
 
 
-def training_plan(model: nn.Module, cfg) -> Plan:
+def training_plan(model: nn.Module, cfg, sharded_weights: bool = False) -> Plan:
     """`plan_for` the device `model` sits on and the kernels installed here."""
     device_type = next(model.parameters()).device.type
-    return plan_for(cfg, device_type, liger_available(), varlen_available())
+    return plan_for(cfg, device_type, liger_available(), varlen_available(), sharded_weights)
 
 
 def optimize_for_training(
-    model: nn.Module, cfg, plan: Plan | None = None, fused_loss: bool = True
+    model: nn.Module, cfg, plan: Plan | None = None, sharded_weights: bool = False
 ) -> nn.Module:
     """Apply the plan's optimisations (default: `training_plan`) to `model` (a PreTrainedModel
     or a PeftModel) in place. `plan.lora_inputs_in_autocast` is applied per training step, by
     `lora_inputs_uncast`.
 
-    `fused_loss=False` keeps Liger's fused linear cross-entropy off (the other kernels stay):
-    it reads the output head's weight directly, so engines that gather sharded weights in the
-    head's forward (ZeRO-3, FSDP2) would hand it a shard."""
-    plan = plan or training_plan(model, cfg)
+    `sharded_weights=True` (ZeRO-3, FSDP2) keeps Liger off. Its fused linear cross-entropy reads
+    the output head's weight outside the head's forward, where those engines hand it a shard
+    (`aten.mm.out got mixed torch.Tensor and DTensor`); with its other kernels, 2-GPU ZeRO-3 and
+    FSDP2 full fine-tuning failed in the first step (a Triton pointer error on rank 1), and FSDP2
+    full fine-tuning without Liger passed (H200 x2, 2026-11-30, docs/gpu.md)."""
+    plan = plan or training_plan(model, cfg, sharded_weights)
     base = unwrap(model)
     if cfg.train.checkpoint_layers is not None:
         limit_checkpointing(base, cfg.train.checkpoint_layers)
     if plan.cast_frozen_to is not None:
         cast_frozen_float32(base, plan.cast_frozen_to)
     if plan.liger:
-        apply_liger(base, fused_loss=fused_loss)
+        apply_liger(base)
     if plan.attention is not None:
         register_varlen_attention()
         base.set_attn_implementation(plan.attention)
@@ -166,16 +176,14 @@ def liger_available() -> bool:
     return liger_compat.available()
 
 
-def apply_liger(model: nn.Module, fused_loss: bool = True) -> None:
+def apply_liger(model: nn.Module) -> None:
     """Liger's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy on this model instance.
 
     Liger swaps the forward of this instance and of its norm / MLP modules; its RoPE replaces
     the function in the model's transformers module (the same maths, for every model of that
     type in the process). Liger logs and does nothing for a model type it has no kernels for.
     """
-    liger_compat.apply_to_instance(
-        model, **{**liger_compat.KERNELS, "fused_linear_cross_entropy": fused_loss}
-    )
+    liger_compat.apply_to_instance(model)
 
 
 # ---- padding-free attention for packed batches ------------------------------------------------

@@ -167,8 +167,8 @@ def accelerator_kwargs(
     strategy = deepspeed or cfg.train.deepspeed
     if not strategy:
         return kwargs
-    name = check_strategy(cfg, strategy, cuda)
     world_size = _env_int(os.environ, "WORLD_SIZE", 1) if world_size is None else world_size
+    name = check_strategy(cfg, strategy, cuda, world_size)
     if world_size == 1 and name in ZERO_PRESETS and not ZERO_PRESETS[name][1]:
         log.warning(
             "--deepspeed %s: one process, nothing for ZeRO to shard; training without DeepSpeed "
@@ -196,7 +196,9 @@ def accelerator_kwargs(
     return kwargs
 
 
-def check_strategy(cfg, strategy: str | None = None, cuda: bool | None = None) -> str | None:
+def check_strategy(
+    cfg, strategy: str | None = None, cuda: bool | None = None, world_size: int | None = None
+) -> str | None:
     """The canonical strategy of `strategy` (else `train.deepspeed`), or a UserError for one
     that cannot run here: checked by the launcher too, before any process starts."""
     import torch
@@ -205,7 +207,7 @@ def check_strategy(cfg, strategy: str | None = None, cuda: bool | None = None) -
     if not strategy:
         return None
     name = strategy_name(strategy)
-    _check_sharding(name, cfg)
+    _check_sharding(name, cfg, _launch_world_size(os.environ) if world_size is None else world_size)
     if not (torch.cuda.is_available() if cuda is None else cuda):
         raise UserError(
             f"--deepspeed {strategy} needs CUDA GPUs and none was found (accelerate runs DeepSpeed "
@@ -215,15 +217,39 @@ def check_strategy(cfg, strategy: str | None = None, cuda: bool | None = None) -
     return name
 
 
-def _check_sharding(name: str, cfg) -> None:
-    """4-bit weights are stored as packed bytes: ZeRO-3 and FSDP cannot shard them."""
+def _check_sharding(name: str, cfg, world_size: int) -> None:
+    """Refuse what the weight-sharding engines (ZeRO-3, FSDP2) cannot train, before any process
+    starts or any model loads.
+
+    4-bit weights are stored as packed bytes, which neither engine can shard. LoRA under them
+    failed in the first step on H200s (2026-11-30, bench/gpu_accept.sh, docs/gpu.md): FSDP2 left
+    the frozen norm weights as DTensors (`aten.mul.Tensor got mixed torch.Tensor and DTensor`),
+    ZeRO-3 on 2 GPUs stopped on an AssertionError; full fine-tuning under FSDP2 passed. ZeRO-3
+    on one process runs without DeepSpeed (nothing to shard), so LoRA is allowed there.
+    """
     shards_weights = name == "fsdp2" or ZERO_PRESETS.get(name, (0, False))[0] == 3
-    if shards_weights and cfg.quantization is not None:
+    if not shards_weights:
+        return
+    if cfg.quantization is not None:
         raise UserError(
             f"--deepspeed {name} shards the model weights, which 4-bit QLoRA weights (packed "
             "bytes) do not allow: use zero2 or zero2_offload for QLoRA, or set "
             "quantization: null to train LoRA with it"
         )
+    if cfg.lora is not None and (name == "fsdp2" or world_size > 1):
+        raise UserError(
+            f"--deepspeed {name} with LoRA does not train yet (weight sharding of a peft model "
+            "failed in its first step on GPUs): use zero2 or zero2_offload, which shard the "
+            "optimizer state and gradients (a LoRA model's weights fit each GPU), or train "
+            f"method full with {name}"
+        )
+
+
+def _launch_world_size(env: Mapping[str, str]) -> int:
+    """Processes in this run: WORLD_SIZE inside a worker, NPROC_PER_NODE x NNODES in the launcher."""
+    if "WORLD_SIZE" in env:
+        return _env_int(env, "WORLD_SIZE", 1)
+    return _env_int(env, "NPROC_PER_NODE", 1) * _env_int(env, "NNODES", 1)
 
 
 def make_accelerator(cfg, deepspeed: str | None = None):

@@ -75,15 +75,39 @@ def sequence_logps(logits, labels, sequence_index, num_sequences: int):
     """
     labels, index = labels[:, 1:], sequence_index[:, 1:]
     mask = labels != IGNORE
-    token_logps = -F.cross_entropy(
-        logits[:, :-1][mask].float(), labels[mask], reduction="none"
-    )  # only labelled positions: no (B, L, V) fp32 copy of the whole batch
+    rows, n = labels.shape
+    token_logps = torch.cat(
+        [
+            _chunk_logps(logits[row, start:stop], labels[row, start:stop])
+            for row in range(rows)
+            for start in range(0, n, LOGP_CHUNK)
+            for stop in [min(start + LOGP_CHUNK, n)]  # logits[:, n] predicts nothing here
+        ]
+    )[mask.reshape(-1)]
     slots = index[mask]
     sums = token_logps.new_zeros(num_sequences).index_add(0, slots, token_logps)
     counts = torch.zeros(num_sequences, device=labels.device).index_add(
         0, slots, torch.ones_like(token_logps)
     )
     return sums, counts
+
+
+LOGP_CHUNK = 1024  # positions whose fp32 log-softmax exists at once
+
+
+def _chunk_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probs of `labels` (n,) under `logits` (n, V), 0 where IGNORE. The fp32 log-softmax
+    is recomputed in backward instead of kept: a (B, L, V) fp32 copy would be ~3 GiB at
+    4 x 2048 x 92k."""
+    if not torch.is_grad_enabled() or not logits.requires_grad:
+        return _neg_cross_entropy(logits, labels)
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(_neg_cross_entropy, logits, labels, use_reentrant=False)
+
+
+def _neg_cross_entropy(logits, labels):
+    return -F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=IGNORE)
 
 
 def forward_logps(model, batch: dict, num_sequences: int):

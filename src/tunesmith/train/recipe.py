@@ -258,13 +258,10 @@ class TrainRecipe:
         elif cfg.train.gradient_checkpointing:
             hf_compat.enable_activation_checkpointing(model)
             model.config.use_cache = False
-        # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU
-        # no fused linear cross-entropy under ZeRO-3 / FSDP2: it reads the output head's weight
-        # outside the head's forward, where those engines gather it (seen on H200s)
-        self.plan = training_plan(model, cfg)
-        model = optimize_for_training(
-            model, cfg, self.plan, fused_loss=not shards_weights(self.accelerator)
-        )
+        # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU;
+        # no Liger under ZeRO-3 / FSDP2 (see optimize_for_training)
+        self.plan = training_plan(model, cfg, sharded_weights=shards_weights(self.accelerator))
+        model = optimize_for_training(model, cfg, self.plan)
         model.train()
         if self.is_main:
             trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
