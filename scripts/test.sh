@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh --dev), install headless Chromium for the web UI test, llama.cpp
 # (scripts/llama_cpp_wheel.sh: a cached CPU build of llama-cpp-python) for the GGUF test,
-# and run the whole test suite, slow end-to-end tests included.
+# and run the whole test suite, slow end-to-end tests included; under CI also the
+# library-facing fast tests against the oldest declared versions (.ci/oldest.sh).
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -m "not slow"
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,10 @@ bash scripts/llama_cpp_wheel.sh || echo "warning: llama-cpp-python did not build
 rc=$?
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 if [[ $rc -eq 5 ]]; then echo "no tests ran: failing"; exit 1; fi
-exit $rc
+[[ $rc -ne 0 ]] && exit $rc
+# The oldest-versions job (CI only, or TUNESMITH_OLDEST=1): the fast tests against the lowest
+# declared versions, in a second venv (.ci/oldest.sh).
+if [[ -n "${CI:-}" || -n "${TUNESMITH_OLDEST:-}" ]]; then
+  bash .ci/oldest.sh -q || exit 1
+fi
+exit 0

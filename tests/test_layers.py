@@ -8,7 +8,20 @@ from pathlib import Path
 
 import tunesmith
 
-ORDER = ["errors", "config", "model", "data", "train", "export", "infer", "eval", "workflow", "cli"]
+# errors and compat (library internals, one module per library) import nothing of tunesmith
+ORDER = [
+    "errors",
+    "compat",
+    "config",
+    "model",
+    "data",
+    "train",
+    "export",
+    "infer",
+    "eval",
+    "workflow",
+    "cli",
+]
 RANK = {name: i for i, name in enumerate(ORDER)} | {"envinfo": len(ORDER) - 1}
 PACKAGE = Path(tunesmith.__file__).parent
 

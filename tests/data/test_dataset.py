@@ -114,6 +114,20 @@ def test_second_build_reuses_the_cache(smollm_tokenizer, records_file, tmp_path,
     np.testing.assert_array_equal(second.labels, first.labels)
 
 
+def test_cached_tokens_are_memory_mapped_not_copied(smollm_tokenizer, records_file, tmp_path):
+    """Every training process maps the one cached copy read-only instead of loading its own."""
+    cfg = data_config([records_file], tmp_path, template="chatml")
+    built = build_dataset(cfg, smollm_tokenizer)
+    loaded = build_dataset(cfg, smollm_tokenizer)
+    for ds in (built, loaded):
+        for array in (ds.ids, ds.labels, ds.doc_offsets, ds.row_offsets, ds.row_docs):
+            assert isinstance(array, np.memmap) and not array.flags.writeable
+    batch = loaded.collate([loaded[i] for i in range(len(loaded))])
+    expected = built.collate([built[i] for i in range(len(built))])
+    for key, value in expected.items():
+        assert torch.equal(batch[key], value), key
+
+
 def test_cache_key_changes_with_data_template_and_settings(
     smollm_tokenizer, records_file, tmp_path
 ):

@@ -10,13 +10,20 @@ from tunesmith.export.shards import ShardWriter, parse_size, tensor_bytes
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("2GB", 2 * 10**9), ("500MB", 500 * 10**6), ("1GiB", 2**30), ("1.5 kb", 1500), ("123", 123)],
+    [
+        ("2GB", 2 * 10**9),
+        ("500MB", 500 * 10**6),
+        ("1GiB", 2**30),
+        ("1500 KB", 1500 * 10**3),
+        ("8Mb", 10**6),  # megabits, as save_pretrained reads them
+        ("123", 123),
+    ],
 )
 def test_parse_size_reads_transformers_units(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["two gigs", "-1GB", "0"])
+@pytest.mark.parametrize("text", ["two gigs", "-1GB", "0", "1.5GB"])
 def test_parse_size_rejects_what_is_not_a_size(text):
     with pytest.raises(UserError, match="max-shard-size"):
         parse_size(text)

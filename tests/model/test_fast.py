@@ -236,31 +236,41 @@ def _lora_a_input_dtypes(model, x) -> set:
     return seen, out
 
 
+LORA_UNCAST = fast.Plan(lora_inputs_in_autocast=True)
+
+
 def test_lora_inputs_stay_bf16_under_autocast_with_the_same_output():
     model = _bf16_lora_model()
     x = torch.randint(0, 128, (2, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         before_dtypes, before = _lora_a_input_dtypes(model, x)
-
-    assert fast.keep_lora_inputs_under_autocast(model) == 4
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        after_dtypes, after = _lora_a_input_dtypes(model, x)
+        with fast.lora_inputs_uncast(model, LORA_UNCAST):
+            after_dtypes, after = _lora_a_input_dtypes(model, x)
 
     assert before_dtypes == {torch.float32}
     assert after_dtypes == {torch.bfloat16}
     torch.testing.assert_close(after, before)
 
 
-def test_lora_inputs_are_still_cast_outside_autocast():
+def test_lora_inputs_are_cast_again_after_the_step():
     model = _bf16_lora_model()
     x = torch.randint(0, 128, (2, 8))
     _, before = _lora_a_input_dtypes(model, x)
 
-    fast.keep_lora_inputs_under_autocast(model)
+    with fast.lora_inputs_uncast(model, LORA_UNCAST):
+        pass
     dtypes, after = _lora_a_input_dtypes(model, x)
 
     assert dtypes == {torch.float32}  # the adapter weights' dtype: no dtype mismatch in eval
     assert torch.equal(after, before)
+
+
+def test_lora_inputs_keep_the_cast_when_the_plan_says_so():
+    model = _bf16_lora_model()
+    x = torch.randint(0, 128, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16), fast.lora_inputs_uncast(model, fast.Plan()):
+        dtypes, _ = _lora_a_input_dtypes(model, x)
+    assert dtypes == {torch.float32}
 
 
 def test_plan_keeps_lora_inputs_in_autocast_only_for_lora_with_mixed_precision():

@@ -10,7 +10,10 @@ and whose `collate` makes the batch the trainer feeds the model:
 
 The tokenised result is cached under data.cache_dir (default
 ~/.cache/tunesmith/data) keyed by the file contents, the tokenizer, the
-template and the settings, so a second run with the same inputs loads it.
+template and the settings, so a second run with the same inputs loads it. The
+cache holds one .npy file per array, memory-mapped read-only when loaded: every
+training process shares the page cache instead of holding its own copy of the
+tokens, and only the rows a process reads are paged in.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tunesmith.data.templates import ChatTemplate, get_template
 from tunesmith.data.tokenize import IGNORE, join_segments, tokenize_rendered
 from tunesmith.errors import UserError
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"  # 4: one memory-mapped .npy per array (3: one .npz)
 CHUNK = 2048  # conversations per tokenizer call
 
 
@@ -135,7 +138,8 @@ def build_dataset(cfg, tokenizer, progress: bool = True) -> TrainDataset:
         raise UserError(_why_empty(summary, left_out, data.max_length))
     summary["template"] = template.name
     _save(cache, arrays, summary)
-    return TrainDataset(arrays, summary, pad_id)
+    del arrays  # this process too reads the memory-mapped copy from here on
+    return TrainDataset(map_arrays(cache), summary, pad_id)
 
 
 def tokenize_conversations(
@@ -303,7 +307,8 @@ def _save(target: Path, arrays: dict[str, np.ndarray], summary: dict) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        np.savez(tmp / "arrays.npz", **arrays)
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         os.replace(tmp, target)
     except OSError:
@@ -312,9 +317,14 @@ def _save(target: Path, arrays: dict[str, np.ndarray], summary: dict) -> None:
             raise
 
 
+def map_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays `_save` wrote to `path`, memory-mapped read-only (one copy in the page
+    cache, shared by every process on the machine)."""
+    return {file.stem: np.load(file, mmap_mode="r") for file in sorted(path.glob("*.npy"))}
+
+
 def _load(path: Path, pad_id: int) -> TrainDataset:
-    with np.load(path / "arrays.npz") as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = map_arrays(path)
     summary = json.loads((path / "summary.json").read_text())
     summary["cached"] = True
     return TrainDataset(arrays, summary, pad_id)

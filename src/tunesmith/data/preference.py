@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data.dataset import TrainDataset, _save, cache_dir, cache_key, tokenize_conversations
+from tunesmith.data.dataset import (
+    TrainDataset,
+    _save,
+    cache_dir,
+    cache_key,
+    map_arrays,
+    tokenize_conversations,
+)
 from tunesmith.data.formats import Conversation, iter_records, to_conversation
 from tunesmith.data.packing import pack_documents
 from tunesmith.data.templates import get_template
@@ -266,8 +273,7 @@ def build_preference_dataset(cfg, tokenizer, progress: bool = True) -> Preferenc
     key = hashlib.sha256(f"preference:{cache_key(data, tokenizer, template)}".encode()).hexdigest()
     cache = cache_dir(data) / key[:24]
     if (cache / "summary.json").exists():
-        with np.load(cache / "arrays.npz") as f:
-            arrays = {k: f[k] for k in f.files}
+        arrays = map_arrays(cache)
         summary = json.loads((cache / "summary.json").read_text())
         return PreferenceDataset(arrays, {**summary, "cached": True}, pad_id)
     doc_ids, doc_labels = [], []
@@ -283,7 +289,7 @@ def build_preference_dataset(cfg, tokenizer, progress: bool = True) -> Preferenc
     arrays, summary = assemble_pairs(doc_ids, doc_labels, data.max_length, data.pack_to_max_length)
     summary["template"] = template.name
     _save(cache, arrays, summary)
-    return PreferenceDataset(arrays, summary, pad_id)
+    return PreferenceDataset(map_arrays(cache), summary, pad_id)
 
 
 def assemble_pairs(

@@ -20,6 +20,8 @@ import difflib
 import json
 from dataclasses import dataclass, field
 
+import jinja2
+
 from tunesmith.config.schema import TEMPLATE_NAMES
 from tunesmith.data.formats import Conversation, Turn
 from tunesmith.errors import UserError
@@ -363,20 +365,21 @@ def _fill(parts: list[str | int], contents: list[str]) -> str:
 
 
 def _compile(tokenizer, source: str):
-    """A fast render(messages, add_generation_prompt) for the chat template `source`."""
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-
-        compiled = _compile_jinja_template(source)
-    except ImportError:  # a transformers without the helper: go through the public API
-        return lambda messages, gen: tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=gen, chat_template=source
-        )
-    special = dict(tokenizer.special_tokens_map)
+    """render(messages, add_generation_prompt) for the chat template `source`, through
+    transformers' public rendering (it caches the compiled template). Raises jinja2's
+    TemplateSyntaxError where `source` does not parse."""
 
     def render(messages, gen):
-        return compiled.render(messages=messages, add_generation_prompt=gen, **special)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=gen, chat_template=source
+        )
 
+    try:
+        render([{"role": "user", "content": "x"}], True)
+    except jinja2.TemplateSyntaxError:
+        raise
+    except Exception:  # the template refuses this probe: the real conversations will say why
+        pass
     return render
 
 

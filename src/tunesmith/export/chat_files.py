@@ -7,8 +7,9 @@ lists every token that ends a turn as `eos_token_id`, so vanilla `generate` and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from transformers import GenerationConfig
 
 from tunesmith.config.schema import Config
 from tunesmith.model.generate import stop_token_ids as turn_end_ids
@@ -30,18 +31,17 @@ def stop_token_ids(tokenizer, template_name: str = "auto") -> list[int]:
 
 def write_generation_config(
     out_dir: Path, base_dir: Path | None, tokenizer, template_name: str = "auto"
-) -> dict:
+) -> GenerationConfig:
     """generation_config.json: the base's own, with eos_token_id extended by the stop tokens."""
-    config: dict = {}
     base_file = Path(base_dir) / "generation_config.json" if base_dir else None
-    if base_file and base_file.exists():
-        config = json.loads(base_file.read_text())
-    base_eos = config.get("eos_token_id")
+    has_base = base_file is not None and base_file.exists()
+    config = GenerationConfig.from_pretrained(base_dir) if has_base else GenerationConfig()
+    base_eos = config.eos_token_id
     eos = base_eos if isinstance(base_eos, list) else ([base_eos] if base_eos is not None else [])
-    config["eos_token_id"] = list(dict.fromkeys([*eos, *stop_token_ids(tokenizer, template_name)]))
-    if tokenizer.bos_token_id is not None:
-        config.setdefault("bos_token_id", tokenizer.bos_token_id)
-    if tokenizer.pad_token_id is not None:
-        config.setdefault("pad_token_id", tokenizer.pad_token_id)
-    (Path(out_dir) / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    config.eos_token_id = list(dict.fromkeys([*eos, *stop_token_ids(tokenizer, template_name)]))
+    if config.bos_token_id is None:
+        config.bos_token_id = tokenizer.bos_token_id
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    config.save_pretrained(out_dir)
     return config

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tunesmith.compat import peft as peft_compat
 from tunesmith.errors import UserError
 from tunesmith.model.load import check_safetensors
 
@@ -74,8 +75,6 @@ def read_adapter_config(adapter_dir: Path) -> dict:
 
 def read_adapter(adapter_dir: Path) -> Adapter:
     """The adapter's per-weight deltas; raises UnsupportedAdapter for what only peft can merge."""
-    from peft.utils.other import get_pattern_key
-
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     if config.get("peft_type") != "LORA":
@@ -115,7 +114,7 @@ def read_adapter(adapter_dir: Path) -> Adapter:
                 f"{weights}: {module} has lora_A or lora_B missing; the file is damaged"
             )
         rank = part["A"].shape[0]
-        alpha = alpha_pattern.get(get_pattern_key(alpha_pattern, module), config["lora_alpha"])
+        alpha = peft_compat.pattern_value(alpha_pattern, module, config["lora_alpha"])
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         if "m" in part and config.get("fan_in_fan_out"):
             raise UnsupportedAdapter("DoRA on fan_in_fan_out weights")

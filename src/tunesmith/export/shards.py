@@ -8,32 +8,34 @@ memory holds at most one shard's worth of output. The names follow transformers:
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers.utils.hub import convert_file_size_to_int
 
 from tunesmith.errors import UserError
 
 INDEX = "model.safetensors.index.json"
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 
 
 def parse_size(text: str | int) -> int:
-    """'2GB' -> 2_000_000_000 (transformers' convention: GB = 10^9, GiB = 2^30)."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(text)
-    if not match:
+    """'2GB' -> 2_000_000_000, read by transformers' own `convert_file_size_to_int` (the
+    `max_shard_size` of save_pretrained): GB = 10^9, GiB = 2^30, Gb = 10^9 bits; plain digits
+    are bytes."""
+    value = text.strip().replace(" ", "") if isinstance(text, str) else text
+    try:
+        size = int(value) if isinstance(value, str) and value.isdigit() else None
+        if size is None:
+            size = convert_file_size_to_int(value)
+    except ValueError:
+        size = None
+    if size is None:
         raise UserError(f"--max-shard-size '{text}' is not a size: write e.g. 2GB, 500MB or 1GiB")
-    value = float(match[1]) * _UNITS[(match[2] or "B").upper()]
-    if value < 1:
+    if size < 1:
         raise UserError(f"--max-shard-size '{text}' must be at least 1 byte")
-    return int(value)
+    return size
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

@@ -1,32 +1,13 @@
-"""LoRA / DoRA adapters through peft; `all-linear` resolved by walking the model."""
+"""LoRA / DoRA adapters through peft (`all-linear`: peft's, every linear layer but the head)."""
 
 from __future__ import annotations
 
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
-from torch import nn
 from transformers import PreTrainedModel
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import LoraConfig
-
-
-def linear_targets(model: PreTrainedModel) -> list[str]:
-    """Names of the decoder's linear layers, never the output head, whatever it is called.
-
-    Returns module-name suffixes (`q_proj`, `down_proj`, ...) as peft matches them, or
-    full module names where a suffix would also match the head.
-    """
-    head = model.get_output_embeddings()
-    head_names = {name for name, module in model.named_modules() if module is head}
-    linears = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and module is not head and name
-    ]
-    suffixes = sorted({name.rsplit(".", 1)[-1] for name in linears})
-    if any(h == s or h.endswith("." + s) for h in head_names for s in suffixes):
-        return linears
-    return suffixes
 
 
 def embedding_modules(model: PreTrainedModel) -> list[str]:
@@ -53,17 +34,10 @@ def apply_lora(
     Unlike peft's prepare_model_for_kbit_training, nothing is upcast to fp32: the
     norms and the (large-vocabulary) head stay in the model's dtype.
     """
-    targets = lora_cfg.target_modules
-    if targets == "all-linear":
-        targets = linear_targets(model)
     for param in model.parameters():
         param.requires_grad_(False)
     if gradient_checkpointing:
-        non_reentrant = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
+        hf_compat.enable_activation_checkpointing(model)
         # with frozen embeddings, a reentrant checkpoint (if a caller switches to one) would
         # see no input that requires grad and skip the backward of its block
         model.enable_input_require_grads()
@@ -72,7 +46,7 @@ def apply_lora(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
-        target_modules=targets,
+        target_modules=lora_cfg.target_modules,
         use_dora=lora_cfg.use_dora,
         bias=lora_cfg.bias,
         task_type="CAUSAL_LM",

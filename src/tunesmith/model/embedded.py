@@ -73,6 +73,8 @@ def embedded_dir(alias: str, with_weights: bool = True) -> Path:
 def _convert(alias: str, target: Path, with_weights: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunesmith.compat.transformers import drop_gguf_quantizer
+
     gguf = gguf_path(alias)
     with atomic_dir(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -83,14 +85,6 @@ def _convert(alias: str, target: Path, with_weights: bool) -> None:
             drop_gguf_quantizer(model)
             model.config.name_or_path = alias
             model.save_pretrained(tmp)
-
-
-def drop_gguf_quantizer(model) -> None:
-    """Make a GGUF-loaded model savable: its weights are already de-quantised to float,
-    but it refuses save_pretrained until the GGUF quantizer is dropped."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
 
 
 @contextmanager

@@ -13,7 +13,8 @@ only to throw it away) and applies `train.checkpoint_layers`. On CUDA it
 - for packed batches, switches attention to PyTorch's varlen flash attention
   (`torch.nn.attention.varlen`), one kernel call over all documents of the batch, with
   document boundaries taken from position_ids; SDPA with a per-document mask otherwise;
-- keeps LoRA layer inputs in bf16 under autocast (peft would copy them to fp32 first).
+- keeps LoRA layer inputs in bf16 under autocast (peft would copy them to fp32 first): the
+  recipe runs each step inside `lora_inputs_uncast`.
 
 Gradient checkpointing is the recipe's choice (`train.gradient_checkpointing`); with
 `train.checkpoint_layers: N` only the first N decoder layers stay checkpointed, on any device
@@ -27,7 +28,13 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from peft.helpers import disable_input_dtype_casting
 from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from tunesmith.compat import liger as liger_compat
+from tunesmith.compat import transformers as hf_compat
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +83,25 @@ def plan_for(
     )
 
 
-def optimize_for_training(model: nn.Module, cfg, sharded_weights: bool = False) -> nn.Module:
-    """Apply `plan_for`'s optimisations to `model` (a PreTrainedModel or a PeftModel) in place.
+def training_plan(model: nn.Module, cfg, sharded_weights: bool = False) -> Plan:
+    """`plan_for` the device `model` sits on and the kernels installed here."""
+    device_type = next(model.parameters()).device.type
+    return plan_for(cfg, device_type, liger_available(), varlen_available(), sharded_weights)
+
+
+def optimize_for_training(
+    model: nn.Module, cfg, plan: Plan | None = None, sharded_weights: bool = False
+) -> nn.Module:
+    """Apply the plan's optimisations (default: `training_plan`) to `model` (a PreTrainedModel
+    or a PeftModel) in place. `plan.lora_inputs_in_autocast` is applied per training step, by
+    `lora_inputs_uncast`.
 
     `sharded_weights=True` (ZeRO-3, FSDP2) keeps Liger off. Its fused linear cross-entropy reads
     the output head's weight outside the head's forward, where those engines hand it a shard
     (`aten.mm.out got mixed torch.Tensor and DTensor`); with its other kernels, 2-GPU ZeRO-3 and
     FSDP2 full fine-tuning failed in the first step (a Triton pointer error on rank 1), and FSDP2
     full fine-tuning without Liger passed (H200 x2, 2026-11-30, docs/gpu.md)."""
-    device_type = next(model.parameters()).device.type
-    plan = plan_for(cfg, device_type, liger_available(), varlen_available(), sharded_weights)
+    plan = plan or training_plan(model, cfg, sharded_weights)
     base = unwrap(model)
     if cfg.train.checkpoint_layers is not None:
         limit_checkpointing(base, cfg.train.checkpoint_layers)
@@ -96,8 +112,6 @@ def optimize_for_training(model: nn.Module, cfg, sharded_weights: bool = False) 
     if plan.attention is not None:
         register_varlen_attention()
         base.set_attn_implementation(plan.attention)
-    if plan.lora_inputs_in_autocast:
-        keep_lora_inputs_under_autocast(model)
     log.info("training optimisations: %s", plan)
     return model
 
@@ -113,42 +127,23 @@ def limit_checkpointing(model: nn.Module, layers: int) -> int:
 
     Returns how many layers stay checkpointed.
     """
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     kept = 0
-    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    for i, block in enumerate(blocks):
+    for i, block in enumerate(hf_compat.checkpointed_layers(model)):
         if i >= layers:
-            block.gradient_checkpointing = False
-        kept += bool(block.gradient_checkpointing)
+            hf_compat.set_layer_checkpointing(block, False)
+        kept += hf_compat.layer_checkpointing(block)
     return kept
 
 
-class _OutsideAutocast:
-    """Truthy only while no autocast region is active."""
+def lora_inputs_uncast(model: nn.Module, plan: Plan):
+    """The context of a training step (forward and backward, so checkpointed recomputes match):
+    peft's plain LoRA layers stop copying their input to fp32 (the adapter dtype) when
+    `plan.lora_inputs_in_autocast`; otherwise it does nothing.
 
-    def __bool__(self) -> bool:
-        return not (torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"))
-
-
-def keep_lora_inputs_under_autocast(model: nn.Module) -> int:
-    """Stop peft from copying each LoRA layer's input to fp32 (its adapter dtype) under autocast.
-
-    peft's plain LoRA layers cast the input to the adapter weights' dtype before dropout and
-    lora_A, an fp32 copy of every projection's input; autocast then casts it back to bf16 for
-    the matmul. peft's bitsandbytes LoRA layers skip that cast while autocast is on; this gives
-    plain layers the same rule (outside autocast, e.g. sampling in eval, they still cast).
-    Returns the number of LoRA layers changed.
+    Under autocast that copy is cast straight back to bf16 for the matmul; peft's bitsandbytes
+    LoRA layers already skip it. Outside the step (sampling in eval) the cast stays.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            # peft reads this flag as `if not flag: skip the cast`
-            module.cast_input_dtype_enabled = _OutsideAutocast()
-            changed += 1
-    return changed
+    return disable_input_dtype_casting(model, active=plan.lora_inputs_in_autocast)
 
 
 def cast_frozen_float32(model: nn.Module, dtype: torch.dtype) -> int:
@@ -178,36 +173,17 @@ def _compute_dtype(cfg) -> torch.dtype:
 
 
 def liger_available() -> bool:
-    try:
-        import liger_kernel.transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return liger_compat.available()
 
 
-def apply_liger(model: nn.Module, fused_loss: bool = True) -> bool:
+def apply_liger(model: nn.Module) -> None:
     """Liger's RMSNorm, RoPE, SwiGLU and fused linear cross-entropy on this model instance.
 
-    Returns False where liger has no kernels for the model type. Liger swaps the forward of
-    this instance and of its norm / MLP modules; its RoPE replaces the function in the
-    model's transformers module (the same maths, for every model of that type in the process).
+    Liger swaps the forward of this instance and of its norm / MLP modules; its RoPE replaces
+    the function in the model's transformers module (the same maths, for every model of that
+    type in the process). Liger logs and does nothing for a model type it has no kernels for.
     """
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-
-    apply_fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model.config.model_type)
-    if apply_fn is None:
-        log.warning("liger-kernel has no kernels for model type %s", model.config.model_type)
-        return False
-    wanted = {
-        "rope": True,
-        "rms_norm": True,
-        "swiglu": True,
-        "cross_entropy": False,
-        "fused_linear_cross_entropy": fused_loss,
-    }
-    accepted = inspect.signature(apply_fn).parameters
-    apply_fn(model=model, **{k: v for k, v in wanted.items() if k in accepted})
-    return True
+    liger_compat.apply_to_instance(model)
 
 
 # ---- padding-free attention for packed batches ------------------------------------------------
@@ -317,8 +293,6 @@ def _per_document_sdpa(query, key, value, position_ids, scaling, dropout) -> tor
 
 
 def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if attention_mask is not None and attention_mask.dim() == 2:
         # flash-style 2D key padding mask -> 4D boolean mask, causal with the cache offset
         q_len, kv_len = query.shape[2], key.shape[2]
@@ -326,7 +300,7 @@ def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, 
         causal = causal.tril(diagonal=kv_len - q_len)
         attention_mask = causal[None, None] & attention_mask[:, None, None, -kv_len:].bool()
     kwargs.pop("is_causal", None)
-    return sdpa_attention_forward(
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
 
@@ -345,9 +319,6 @@ _VARLEN_GQA = "enable_gqa" in _VARLEN_PARAMS
 
 def register_varlen_attention() -> None:
     """Make `attn_implementation="tunesmith_varlen"` known to transformers."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
-
     AttentionInterface.register(VARLEN, varlen_attention)
     # like flash attention: no 4D mask is built; None for packed batches, 2D where padded
-    AttentionMaskInterface.register(VARLEN, flash_attention_mask)
+    AttentionMaskInterface.register(VARLEN, hf_compat.flash_attention_mask())

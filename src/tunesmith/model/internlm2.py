@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.errors import UserError
 from tunesmith.fileio import atomic_dir, check_free_space
 from tunesmith.model.embedded import cache_lock, cache_root
@@ -416,12 +417,9 @@ def _read_tokenizer_config(path: Path) -> dict:
 def _convert_tokenizer(model_file: Path, tokenizer_config: dict):
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter
 
     # transformers' own protobuf schema: no sentencepiece library (nor its version) involved
-    from transformers.utils import sentencepiece_model_pb2_new as sentencepiece_model
-
-    proto = sentencepiece_model.ModelProto()
+    proto = hf_compat.sentencepiece_model_proto()
     try:
         proto.ParseFromString(model_file.read_bytes())
     except Exception as err:  # protobuf's DecodeError has no stable import path
@@ -430,7 +428,7 @@ def _convert_tokenizer(model_file: Path, tokenizer_config: dict):
     for token_id, token in tokenizer_config.get("added_tokens_decoder", {}).items():
         names[int(token_id)] = _token_name(token)
     vocab = {names.get(i, piece.piece): i for i, piece in enumerate(proto.pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    backend = hf_compat.spm_tokenizer(proto, vocab)
     unk, bos, eos = (names.get(i, proto.pieces[i].piece) for i in (0, 1, 2))
     if tokenizer_config.get("add_bos_token", True):
         backend.post_processor = processors.TemplateProcessing(

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from tunesmith.compat.transformers import drop_gguf_quantizer
 from tunesmith.config.schema import ModelConfig, QuantizationConfig
 from tunesmith.errors import UserError
 from tunesmith.model import internlm2
-from tunesmith.model.embedded import drop_gguf_quantizer
 from tunesmith.model.quantize import DTYPES, bnb_config
 from tunesmith.model.resolve import offline_env, resolve_model_path
 

@@ -23,10 +23,11 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import Config
 from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
-from tunesmith.model.fast import optimize_for_training
+from tunesmith.model.fast import lora_inputs_uncast, optimize_for_training, training_plan
 from tunesmith.model.generate import Generator
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import (
@@ -255,13 +256,12 @@ class TrainRecipe:
                 modules_to_save=embedding_modules(model) if resized else None,
             )
         elif cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            hf_compat.enable_activation_checkpointing(model)
             model.config.use_cache = False
         # speed-ups: fused kernels and varlen attention on GPU, per-document attention on CPU;
         # no Liger under ZeRO-3 / FSDP2 (see optimize_for_training)
-        model = optimize_for_training(model, cfg, sharded_weights=shards_weights(self.accelerator))
+        self.plan = training_plan(model, cfg, sharded_weights=shards_weights(self.accelerator))
+        model = optimize_for_training(model, cfg, self.plan)
         model.train()
         if self.is_main:
             trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
@@ -431,15 +431,16 @@ class TrainRecipe:
         # accelerate divides each backward by its accumulation count and DDP averages over
         # processes; the loss is already a mean over the whole step, so undo both.
         scale = acc.gradient_accumulation_steps * acc.num_processes
-        for batch in batches:
-            with acc.accumulate(model):
-                if self.objective is None:
-                    loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
-                else:
-                    loss, sums = self.objective(model, batch, n_items)
-                    extra += sums
-                acc.backward(loss * scale)
-            step_loss += loss.detach()
+        with lora_inputs_uncast(model, self.plan):
+            for batch in batches:
+                with acc.accumulate(model):
+                    if self.objective is None:
+                        loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                    else:
+                        loss, sums = self.objective(model, batch, n_items)
+                        extra += sums
+                    acc.backward(loss * scale)
+                step_loss += loss.detach()
         tokens = torch.tensor(sum(n for _, n in micro_batches), device=acc.device)
         if acc.num_processes > 1:
             step_loss = acc.reduce(step_loss, "sum")

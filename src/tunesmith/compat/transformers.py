@@ -1,0 +1,70 @@
+"""transformers internals tunesmith relies on (written against transformers 5.24; tested 5.0-5.24).
+
+Each has no public equivalent:
+
+- activation checkpointing is `activation_checkpointing_enable` in newer releases and
+  `gradient_checkpointing_enable` (deprecated there) before;
+- a GGUF-loaded model refuses `save_pretrained` while it carries its `hf_quantizer`, although
+  its weights are de-quantised floats already;
+- per-layer gradient checkpointing: the `gradient_checkpointing` flag of each
+  `GradientCheckpointingLayer` (`gradient_checkpointing_enable` sets it on all layers);
+- the InternLM2 tokenizer conversion: `SpmConverter.build_tokenizer_from_spm_proto` and
+  transformers' own sentencepiece protobuf schema (no sentencepiece library involved);
+- the flash-attention style mask function, registered for tunesmith's varlen attention.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing on every decoder layer of a PreTrainedModel."""
+    non_reentrant = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
+
+
+def drop_gguf_quantizer(model: nn.Module) -> None:
+    """Make a GGUF-loaded model savable: its weights are already de-quantised to float,
+    but it refuses save_pretrained until the GGUF quantizer is dropped."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers whose `gradient_checkpointing` flag transformers reads, in order."""
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def set_layer_checkpointing(layer: nn.Module, enabled: bool) -> None:
+    layer.gradient_checkpointing = enabled
+
+
+def layer_checkpointing(layer: nn.Module) -> bool:
+    return bool(layer.gradient_checkpointing)
+
+
+def flash_attention_mask():
+    """transformers' mask function for attention that takes no 4D mask (None, or 2D padding)."""
+    from transformers.masking_utils import flash_attention_mask
+
+    return flash_attention_mask
+
+
+def spm_tokenizer(proto, vocab: dict[str, int]):
+    """A `tokenizers.Tokenizer` from a parsed sentencepiece ModelProto and a piece -> id map."""
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    return SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+
+
+def sentencepiece_model_proto():
+    """An empty sentencepiece ModelProto (transformers' own protobuf schema)."""
+    from transformers.utils import sentencepiece_model_pb2_new
+
+    return sentencepiece_model_pb2_new.ModelProto()

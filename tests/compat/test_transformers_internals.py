@@ -1,0 +1,89 @@
+"""The transformers internals in tunesmith/compat/transformers.py still have the shape used there.
+
+A failure here means a transformers release changed one of them: update that module (written
+against transformers 5.24) and the version range in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from tunesmith.compat import transformers as hf_compat
+
+WHERE = f"transformers {transformers.__version__}: update src/tunesmith/compat/transformers.py"
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def test_layer_checkpointing_flag_is_what_the_layers_read():
+    model = tiny_llama()
+    hf_compat.enable_activation_checkpointing(model)
+    layers = hf_compat.checkpointed_layers(model)
+    assert len(layers) == 3, f"{WHERE}: GradientCheckpointingLayer no longer marks decoder layers"
+    assert all(hf_compat.layer_checkpointing(layer) for layer in layers), (
+        f"{WHERE}: checkpointing no longer sets each layer's `gradient_checkpointing` flag"
+    )
+    source = inspect.getsource(transformers.GradientCheckpointingLayer)
+    assert "if self.gradient_checkpointing and self.training" in source, (
+        f"{WHERE}: GradientCheckpointingLayer no longer reads `gradient_checkpointing`"
+    )
+
+
+def test_gguf_models_refuse_to_save_through_hf_quantizer():
+    source = inspect.getsource(PreTrainedModel.save_pretrained)
+    assert "hf_quantizer" in source, (
+        f"{WHERE}: save_pretrained no longer consults `hf_quantizer`; drop_gguf_quantizer may "
+        "not make a GGUF-loaded model savable any more"
+    )
+    model = tiny_llama()
+    model.config.quantization_config = {"quant_method": "gguf"}
+    hf_compat.drop_gguf_quantizer(model)
+    assert model.hf_quantizer is None and not hasattr(model.config, "quantization_config")
+
+
+def test_flash_attention_mask_is_registered_like_flash_attention():
+    from transformers import AttentionMaskInterface
+
+    mask_fn = hf_compat.flash_attention_mask()
+    assert callable(mask_fn), f"{WHERE}: masking_utils.flash_attention_mask is gone"
+    assert AttentionMaskInterface._global_mapping.get("flash_attention_2") is mask_fn, (
+        f"{WHERE}: flash attention no longer uses masking_utils.flash_attention_mask"
+    )
+
+
+def test_sentencepiece_proto_converts_to_a_tokenizer():
+    proto = hf_compat.sentencepiece_model_proto()
+    proto.trainer_spec.model_type = 2  # BPE
+    proto.trainer_spec.unk_piece = "<unk>"
+    proto.trainer_spec.byte_fallback = False
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.escape_whitespaces = True
+    for piece, kind, score in [("<unk>", 2, 0.0), ("<s>", 3, 0.0), ("</s>", 3, 0.0),
+                               ("\u2581", 1, -1.0), ("a", 1, -2.0), ("b", 1, -3.0),
+                               ("\u2581a", 1, -0.5), ("ab", 1, -0.7)]:  # fmt: skip
+        proto.pieces.add(piece=piece, type=kind, score=score)
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    tokenizer = hf_compat.spm_tokenizer(proto, vocab)
+    ids = tokenizer.encode("a ab", add_special_tokens=False).ids
+    # BPE by piece score: "▁a" (-0.5) merges before "ab" (-0.7)
+    assert [proto.pieces[i].piece for i in ids] == ["\u2581a", "\u2581a", "b"], (
+        f"{WHERE}: SpmConverter.build_tokenizer_from_spm_proto changed its output"
+    )
+
+
+def test_sdpa_is_registered_under_its_name():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    q = torch.randn(1, 2, 3, 4)
+    out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](torch.nn.Module(), q, q, q, None, is_causal=True)
+    assert out.shape == (1, 3, 2, 4), f"{WHERE}: the sdpa attention function changed its layout"
