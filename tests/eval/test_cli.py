@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tunesmith.cli.main import main
 
 
@@ -174,3 +176,18 @@ def test_eval_identity_of_an_adapter_uses_the_adapter_tokenizer(tmp_path, tiny_m
     )
     assert code == 0
     assert json.loads(out.read_text())["adapter"] == str(adapter)
+
+
+@pytest.mark.parametrize("kind", ["identity", "retention"])
+def test_eval_refuses_to_overwrite_a_report_without_force(tmp_path, tiny_model_dir, capsys, kind):
+    out = tmp_path / "report.json"
+    out.write_text('{"kept": true}')
+    extra = (
+        ["--base", str(tiny_model_dir)]
+        if kind == "retention"
+        else ["--name", "Ada", "--author", "Lab"]
+    )
+    code = main(["eval", kind, str(tiny_model_dir), *extra, "--json", str(out)])
+    assert code == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert out.read_text() == '{"kept": true}'

@@ -49,6 +49,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="a PEFT adapter dir to apply on top of MODEL")
     parser.add_argument("--system", help="system prompt (default: the model's own template's)")
     parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json OUT")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -66,7 +67,7 @@ def run_identity(args) -> int:
 
     name, author = check_text("name", args.name), check_text("author", args.author)
     if args.json:  # checked before the model loads, not after the eval
-        check_new_output(args.json, force=True, what="report")
+        check_new_output(args.json, force=args.force, what="report")
     fit_threads_to_load()
     questions = load_questions(args.questions)
     old = split_names(args.old_names)
@@ -87,7 +88,7 @@ def run_retention(args) -> int:
     from tunesmith.model.generate import Generator, fit_threads_to_load
 
     if args.json:
-        check_new_output(args.json, force=True, what="report")
+        check_new_output(args.json, force=args.force, what="report")
     fit_threads_to_load()
     prompts = retention.load_prompts(args.prompts)
     base_lm = Generator.load(args.base, device=args.device)
