@@ -1,6 +1,5 @@
 """`tunesmith train` end to end on a tiny model with the real data pipeline."""
 
-import json
 import os
 import signal
 import subprocess
@@ -9,6 +8,7 @@ import time
 
 import pytest
 import yaml
+from train_cli_helpers import write_cli_config
 
 from tunesmith.cli.main import main
 from tunesmith.train import checkpoint as ckpt
@@ -23,26 +23,8 @@ PAIRS = [
 
 @pytest.fixture
 def config_file(tmp_path, tiny_model_dir):
-    data = tmp_path / "identity.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps(
-                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            )
-            + "\n"
-            for q, a in PAIRS
-        )
-    )
-    config = {
-        "model": {"path": str(tiny_model_dir)},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "data": {"files": [str(data)], "max_length": 64, "cache_dir": str(tmp_path / "cache")},
-        "train": {"lr": 1e-2, "max_steps": 3, "warmup_ratio": 0.0},
-        "runtime": {"save_steps": 2, "tensorboard": False},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    train = {"lr": 1e-2, "max_steps": 3, "warmup_ratio": 0.0}
+    return write_cli_config(tmp_path, tiny_model_dir, PAIRS, train, {"save_steps": 2})
 
 
 def test_train_command_trains_saves_and_prints_the_export_command(config_file, tmp_path, capsys):

@@ -6,7 +6,6 @@ an uninterrupted run's with the same seed. Ten kills, each one process start (~5
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -16,8 +15,8 @@ import time
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
+from train_cli_helpers import write_cli_config
 
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.metrics import read_metrics
@@ -28,27 +27,11 @@ STEPS = 12
 
 @pytest.fixture
 def config_file(tmp_path, tiny_model_dir):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps(
-                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            )
-            + "\n"
-            for q, a in PAIRS
-        )
-    )
-    config = {
-        "model": {"path": str(tiny_model_dir)},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG must resume too
-        "data": {"files": [str(data)], "max_length": 64, "cache_dir": str(tmp_path / "cache")},
-        "train": {"lr": 1e-2, "max_steps": STEPS, "warmup_ratio": 0.1, "accumulative_counts": 2},
-        # a save every step, two kept: most moments fall in or near a save or a rotation
-        "runtime": {"save_steps": 1, "save_total_limit": 2, "tensorboard": False},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    train = {"lr": 1e-2, "max_steps": STEPS, "warmup_ratio": 0.1, "accumulative_counts": 2}
+    # a save every step, two kept: most moments fall in or near a save or a rotation
+    runtime = {"save_steps": 1, "save_total_limit": 2}
+    # dropout: the RNG must resume too
+    return write_cli_config(tmp_path, tiny_model_dir, PAIRS, train, runtime, dropout=0.1)
 
 
 def _start(config, work_dir, resume: bool) -> subprocess.Popen:

@@ -6,7 +6,6 @@ ones that launch two ranks are marked slow.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
+from train_cli_helpers import write_cli_config
 
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.metrics import read_metrics
@@ -27,26 +26,9 @@ PAIRS = [(f"Question {i}?", f"Answer number {i}.") for i in range(16)]
 
 @pytest.fixture
 def config_file(tmp_path, tiny_model_dir):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps(
-                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            )
-            + "\n"
-            for q, a in PAIRS
-        )
-    )
-    config = {
-        "model": {"path": str(tiny_model_dir)},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "data": {"files": [str(data)], "max_length": 64, "cache_dir": str(tmp_path / "cache")},
-        "train": {"lr": 1e-2, "max_steps": 8, "warmup_ratio": 0.0},
-        "runtime": {"save_steps": 2, "save_total_limit": 2, "tensorboard": False},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    train = {"lr": 1e-2, "max_steps": 8, "warmup_ratio": 0.0}
+    runtime = {"save_steps": 2, "save_total_limit": 2}
+    return write_cli_config(tmp_path, tiny_model_dir, PAIRS, train, runtime)
 
 
 def _env(**extra) -> dict:
