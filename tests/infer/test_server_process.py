@@ -155,9 +155,11 @@ def test_eight_clients_a_third_leaving_mid_answer(server):
     print(f"load: {json.dumps(figures)}")
     assert tally.get("error", []) == []
     assert len(answered) >= 8 and figures["left_mid_answer"] >= 3
-    # /health + /v1/models, both, never wait for the generation queue: on a shared 2-core CI
-    # box (load 15+) their time is the OS scheduler's, so they are compared with an answer's
-    assert statistics.median(probes) < statistics.median(answered) / 3 and max(probes) < 5
+    # /health + /v1/models, both, never wait for the generation queue: a probe queued behind
+    # it would wait at least one whole answer (8 clients keep the queue full). On a shared
+    # 2-core CI box their time is otherwise the OS scheduler's (p50 0.44 s beside answers of
+    # 0.89 s was seen at load 4), so the bound is one answer, not a fraction of one
+    assert statistics.median(probes) < statistics.median(answered) and max(probes) < 5
     assert rss_end - rss_start < 64
     assert server.ask(max_tokens=4).status_code == 200
 
