@@ -24,3 +24,17 @@ def test_unknown_option_is_still_an_error(capsys):
         main(["train", "smollm2_135m_instruct_lora_identity", "--no-such-flag"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_pipe_ends_quietly_without_a_traceback(monkeypatch):
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["list-cfg"]) == 141  # `tunesmith list-cfg | head -1`: the reader left

@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # the reader of stdout went away (`tunesmith list-cfg | head`): stop quietly, as cat does
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush of the dead pipe at exit)
+        return 141
     except OSError as exc:
         # A file the OS refused (permissions, a full disk, a path that is not a directory)
         # that no check caught first: one line naming it, not a traceback.
