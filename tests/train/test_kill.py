@@ -22,7 +22,7 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.metrics import read_metrics
 
 PAIRS = [(f"Question {i}?", f"Answer number {i}.") for i in range(8)]
-STEPS = 12
+STEPS = 24  # ten kills advance 1-4 steps each (a whole 12-step run ended after 7 kills on CI)
 
 
 @pytest.fixture
