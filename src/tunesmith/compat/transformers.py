@@ -10,10 +10,14 @@ Each has no public equivalent:
   `GradientCheckpointingLayer` (`gradient_checkpointing_enable` sets it on all layers);
 - the InternLM2 tokenizer conversion: `SpmConverter.build_tokenizer_from_spm_proto` and
   transformers' own sentencepiece protobuf schema (no sentencepiece library involved);
-- the flash-attention style mask function, registered for tunesmith's varlen attention.
+- the flash-attention style mask function, registered for tunesmith's varlen attention;
+- a boolean (batch, length) `logits_to_keep` (`modeling_utils.slice_logits_to_keep`, 5.24): the
+  output head runs on the True positions only, flattened to (n, hidden).
 """
 
 from __future__ import annotations
+
+import inspect
 
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -47,6 +51,14 @@ def set_layer_checkpointing(layer: nn.Module, enabled: bool) -> None:
 
 def layer_checkpointing(layer: nn.Module) -> bool:
     return bool(layer.gradient_checkpointing)
+
+
+def takes_logits_mask(model: nn.Module) -> bool:
+    """True where `model.forward` takes a boolean (batch, length) `logits_to_keep`."""
+    from transformers import modeling_utils
+
+    forward = inspect.signature(model.forward).parameters
+    return "logits_to_keep" in forward and hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def flash_attention_mask():

@@ -27,7 +27,12 @@ from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import Config
 from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
-from tunesmith.model.fast import lora_inputs_uncast, optimize_for_training, training_plan
+from tunesmith.model.fast import (
+    head_inputs,
+    lora_inputs_uncast,
+    optimize_for_training,
+    training_plan,
+)
 from tunesmith.model.generate import Generator
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import (
@@ -469,7 +474,10 @@ class TrainRecipe:
             for batch in batches:
                 with acc.accumulate(model):
                     if self.objective is None:
-                        loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                        head = head_inputs(batch, self.plan)  # no logits where nothing is trained
+                        loss = model(
+                            **batch, use_cache=False, num_items_in_batch=n_items, **head
+                        ).loss
                     else:
                         loss, sums = self.objective(model, batch, n_items)
                         extra += sums
