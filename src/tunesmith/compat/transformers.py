@@ -1,4 +1,5 @@
-"""transformers internals tunesmith relies on (written against transformers 5.24; tested 5.0-5.24).
+"""transformers internals tunesmith relies on (written against transformers 5.24, which is also
+the declared lower bound: 5.3-5.23 convert the InternLM2 tokenizer differently, see tests/compat).
 
 Each has no public equivalent:
 
