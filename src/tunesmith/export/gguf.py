@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.errors import UserError
 from tunesmith.export.shards import weight_files
 from tunesmith.fileio import atomic_file, atomic_write_text
@@ -231,9 +232,7 @@ def _rope_metadata(config, notes: list[str]) -> torch.Tensor | None:
         )
         return None
     if kind == "llama3":
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+        scaled = hf_compat.rope_inv_freq(config, "llama3")
         dim = _head_dim(config)
         base = rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
         return (1.0 / base) / scaled.float()
@@ -539,9 +538,7 @@ def _pre_tokenizer(model_dir: Path, spec: dict) -> str:
 
 
 def _sentencepiece_vocab(model_file: Path, tokenizer) -> _Vocab:
-    from transformers.utils import sentencepiece_model_pb2_new as sentencepiece_model
-
-    proto = sentencepiece_model.ModelProto()
+    proto = hf_compat.sentencepiece_model_proto()
     try:
         proto.ParseFromString(model_file.read_bytes())
     except Exception as err:  # protobuf's DecodeError has no stable import path
