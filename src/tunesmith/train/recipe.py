@@ -38,6 +38,7 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import (
     CollectiveWatchdog,
     engine_name,
+    gather_weights_in_generate,
     make_accelerator,
     shards_weights,
 )
@@ -327,6 +328,7 @@ class TrainRecipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train)
         self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
+        gather_weights_in_generate(self.model, self.accelerator)  # chat samples under FSDP2
         # Not given to accelerate: its scheduler wrapper steps once per process.
         scheduler = build_scheduler(optimizer, self.total_steps, self.cfg.train.warmup_ratio)
         return optimizer, scheduler
