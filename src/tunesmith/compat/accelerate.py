@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
+import accelerate.state as accelerate_state
+
 
 def use_fsdp_on_cpu(accelerator, fsdp_plugin) -> None:
     """Make `accelerator` (made with `cpu=True` under torchrun) prepare models with FSDP2."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType
-
+    fsdp = accelerate_state.DistributedType.FSDP
     state = accelerator.state
     state.fsdp_plugin = fsdp_plugin
-    state.distributed_type = DistributedType.FSDP
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    state.distributed_type = fsdp
+    accelerate_state.PartialState._shared_state["distributed_type"] = fsdp
