@@ -82,8 +82,30 @@ def test_sentencepiece_proto_converts_to_a_tokenizer():
 
 
 def test_sdpa_is_registered_under_its_name():
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    """model/fast.py falls back to the documented sdpa_attention_forward: the same function
+    transformers runs for attn_implementation="sdpa", with [batch, seq, heads, dim] output."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    assert AttentionInterface._global_mapping.get("sdpa") is sdpa_attention_forward, (
+        f"{WHERE}: 'sdpa' no longer runs integrations.sdpa_attention.sdpa_attention_forward"
+    )
     q = torch.randn(1, 2, 3, 4)
-    out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](torch.nn.Module(), q, q, q, None, is_causal=True)
+    out, _ = sdpa_attention_forward(torch.nn.Module(), q, q, q, None, is_causal=True)
     assert out.shape == (1, 3, 2, 4), f"{WHERE}: the sdpa attention function changed its layout"
+
+
+def test_llama3_rope_frequencies_are_what_the_model_uses():
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64},
+    )  # fmt: skip
+    model_freqs = LlamaForCausalLM(config).model.rotary_emb.inv_freq
+    freqs = hf_compat.rope_inv_freq(config, "llama3")
+    assert freqs.shape == (8,), f"{WHERE}: ROPE_INIT_FUNCTIONS['llama3'] changed its output"
+    assert torch.allclose(freqs.float(), model_freqs.float()), (
+        f"{WHERE}: ROPE_INIT_FUNCTIONS['llama3'] no longer gives the model's RoPE frequencies"
+    )

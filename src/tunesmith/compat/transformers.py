@@ -1,4 +1,5 @@
-"""transformers internals tunesmith relies on (written against transformers 5.24; tested 5.0-5.24).
+"""transformers internals tunesmith relies on (written against transformers 5.24, which is also
+the declared lower bound: 5.3-5.23 convert the InternLM2 tokenizer differently, see tests/compat).
 
 Each has no public equivalent:
 
@@ -10,11 +11,18 @@ Each has no public equivalent:
   `GradientCheckpointingLayer` (`gradient_checkpointing_enable` sets it on all layers);
 - the InternLM2 tokenizer conversion: `SpmConverter.build_tokenizer_from_spm_proto` and
   transformers' own sentencepiece protobuf schema (no sentencepiece library involved);
-- the flash-attention style mask function, registered for tunesmith's varlen attention.
+- the flash-attention style mask function, registered for tunesmith's varlen attention;
+- a boolean (batch, length) `logits_to_keep` (`modeling_utils.slice_logits_to_keep`, 5.24): the
+  output head runs on the True positions only, flattened to (n, hidden);
+- RoPE inverse frequencies of a scaled rope type (Llama 3.1's `llama3`), for the GGUF export:
+  `modeling_rope_utils.ROPE_INIT_FUNCTIONS`, the table the models' rotary embeddings read.
 """
 
 from __future__ import annotations
 
+import inspect
+
+import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -49,6 +57,14 @@ def layer_checkpointing(layer: nn.Module) -> bool:
     return bool(layer.gradient_checkpointing)
 
 
+def takes_logits_mask(model: nn.Module) -> bool:
+    """True where `model.forward` takes a boolean (batch, length) `logits_to_keep`."""
+    from transformers import modeling_utils
+
+    forward = inspect.signature(model.forward).parameters
+    return "logits_to_keep" in forward and hasattr(modeling_utils, "slice_logits_to_keep")
+
+
 def flash_attention_mask():
     """transformers' mask function for attention that takes no 4D mask (None, or 2D padding)."""
     from transformers.masking_utils import flash_attention_mask
@@ -68,3 +84,12 @@ def sentencepiece_model_proto():
     from transformers.utils import sentencepiece_model_pb2_new
 
     return sentencepiece_model_pb2_new.ModelProto()
+
+
+def rope_inv_freq(config, rope_type: str) -> torch.Tensor:
+    """The inverse RoPE frequencies, shape [head_dim // 2], that a model built from `config`
+    uses for `rope_type` (e.g. `llama3`), computed on the CPU as its rotary embedding does."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+    return inv_freq
