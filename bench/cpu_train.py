@@ -119,6 +119,9 @@ def run_alternating(runs: dict[str, Iterator]) -> dict[str, list]:
                 del live[name]
                 continue
             timings[name].append((*_since(start), tokens, loss))
+            wall, cpu = timings[name][-1][:2]
+            print(f"step {len(timings[name]):>3} {name:30} {tokens:>5} tokens {wall:6.2f} s "
+                  f"{cpu:6.2f} CPU-s  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     return timings
 
 
