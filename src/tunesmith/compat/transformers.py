@@ -11,10 +11,12 @@ Each has no public equivalent:
 - the InternLM2 tokenizer conversion: `SpmConverter.build_tokenizer_from_spm_proto` and
   transformers' own sentencepiece protobuf schema (no sentencepiece library involved);
 - the flash-attention style mask function, registered for tunesmith's varlen attention.
+- the last entry of `hidden_states` is the final-normed state the output head reads.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -68,3 +70,11 @@ def sentencepiece_model_proto():
     from transformers.utils import sentencepiece_model_pb2_new
 
     return sentencepiece_model_pb2_new.ModelProto()
+
+
+def final_hidden_states(output) -> torch.Tensor:
+    """The hidden states the output head reads (B, L, H), from a causal LM's output made with
+    `output_hidden_states=True`: transformers 5 records each decoder layer's output and ends
+    the tuple with the decoder's `last_hidden_state` (after the final norm), not the last
+    layer's raw output. tests/compat checks lm_head(this) equals the model's logits."""
+    return output.hidden_states[-1]
