@@ -32,10 +32,11 @@ import importlib.metadata as md
 print("oldest versions:", ", ".join(f"{p} {md.version(p)}" for p in
       ["torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "pydantic"]))
 PY
-# The fast tests where the libraries are called (compat checks, model loading / adapters /
-# quantization, data and templates, export, the accelerate plugins, env): ~1/3 of the suite.
+# The fast tests where the libraries are called (compat checks, config errors from pydantic,
+# model loading / adapters / quantization, data and templates, export, the accelerate plugins,
+# env): ~1/3 of the suite.
 PYTHONPATH="$PWD/src" "$venv/bin/python" -m pytest -m "not slow and not browser" -p no:cacheprovider \
-  tests/compat tests/model tests/data tests/export tests/train/test_distributed.py \
+  tests/compat tests/config tests/model tests/data tests/export tests/train/test_distributed.py \
   tests/test_env.py "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then echo "oldest versions: no tests ran: failing"; exit 1; fi

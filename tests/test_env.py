@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from tunesmith import envinfo
@@ -87,3 +89,35 @@ def test_env_text_report_shows_warnings(capsys, monkeypatch):
     monkeypatch.setattr(envinfo, "declared_minimums", lambda: {"transformers": "99.0"})
     assert main(["env"]) == 0
     assert "warning: transformers" in capsys.readouterr().out
+
+
+def test_oldest_versions_job_installs_exactly_the_declared_lower_bounds():
+    """.ci/constraints-oldest.txt pins each dependency at the `>=` bound pyproject.toml
+    declares, so the oldest-versions job tests what a new user on the low end gets."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (root / ".ci" / "constraints-oldest.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = Version(version)
+    # torch: the CPU job runs 2.13.0 (PyPI has no older CPU-only Linux wheel; 2.11 ran on H200)
+    required = [*project["dependencies"], *project["optional-dependencies"]["qlora"]]
+    for line in required:
+        req = Requirement(line)
+        low = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        if req.name == "torch":
+            continue
+        assert low, f"{req.name} declares no lower bound"
+        assert pins.get(req.name.lower()) == low[0], (
+            f"{req.name}: pyproject.toml says >={low[0]}, .ci/constraints-oldest.txt pins "
+            f"{pins.get(req.name.lower())}; raise both together"
+        )
+    for name, newest in envinfo.NEWEST_TESTED.items():
+        if name in pins:
+            assert Version(newest) >= pins[name], f"{name}: NEWEST_TESTED below the oldest pin"

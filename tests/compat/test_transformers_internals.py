@@ -99,3 +99,19 @@ def test_final_hidden_states_are_what_the_output_head_reads():
     torch.testing.assert_close(
         model.lm_head(hidden), full, msg=f"{WHERE}: hidden_states[-1] is not the normed state"
     )
+
+
+def test_llama3_rope_frequencies_are_what_the_model_uses():
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64},
+    )  # fmt: skip
+    model_freqs = LlamaForCausalLM(config).model.rotary_emb.inv_freq
+    freqs = hf_compat.rope_inv_freq(config, "llama3")
+    assert freqs.shape == (8,), f"{WHERE}: ROPE_INIT_FUNCTIONS['llama3'] changed its output"
+    assert torch.allclose(freqs.float(), model_freqs.float()), (
+        f"{WHERE}: ROPE_INIT_FUNCTIONS['llama3'] no longer gives the model's RoPE frequencies"
+    )

@@ -10,6 +10,7 @@ from tunesmith.config.loader import (
     dump_config,
     list_recipes,
     load_config,
+    load_config_dict,
     parse_value,
     valid_keys,
 )
@@ -62,6 +63,39 @@ def test_unknown_override_key_names_override_and_nearest():
     msg = str(err.value)
     assert "override 'train.lrr=1'" in msg
     assert "'lr'" in msg
+
+
+def test_unknown_key_of_an_override_made_part_names_the_override():
+    with pytest.raises(UserError) as err:
+        load_config(IDENTITY, ["trian.lr=1"])
+    assert "override 'trian.lr=1'" in str(err.value) and "'train'" in str(err.value)
+
+
+def test_overrides_on_a_raw_config_dict_are_named_in_errors():
+    """`tunesmith data check file.jsonl train.lrr=1` builds its config from a dict."""
+    with pytest.raises(UserError) as err:
+        load_config_dict({"data": {"files": ["x.jsonl"]}}, "x.jsonl", ["train.lrr=1"])
+    assert "override 'train.lrr=1'" in str(err.value) and "'lr'" in str(err.value)
+    cfg = load_config_dict({"data": {"files": ["x.jsonl"]}}, "x.jsonl", ["lr=0.5"])
+    assert cfg.train.lr == 0.5
+
+
+def test_first_unknown_key_in_file_order_comes_before_bad_values(tmp_path):
+    path = write(tmp_path, "train:\n  lr: -1\n  lrr: 3\nzzz: 1\n")
+    with pytest.raises(UserError) as err:
+        load_config(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:3: unknown config key 'train.lrr'")
+    assert "(and 2 more problems)" in msg
+
+
+def test_field_set_by_name_and_xtuner_alias_names_both(tmp_path):
+    path = write(tmp_path, "model:\n  pretrained_model_name_or_path: a\n  path: b\n")
+    with pytest.raises(UserError) as err:
+        load_config(str(path))
+    msg = str(err.value)
+    assert f"{path}:3" in msg and "'model.path'" in msg
+    assert "'model.pretrained_model_name_or_path'" in msg and "both set" in msg
 
 
 def test_bad_value_names_key_and_override():

@@ -312,6 +312,25 @@ def test_merge_gguf_writes_file_and_modelfile_beside(tmp_path, trained_lora, cap
     assert "already exists" in capsys.readouterr().err and not merged.exists()
 
 
+def test_merge_gguf_refuses_a_base_it_cannot_write_before_merging(tmp_path, trained_lora, capsys):
+    """The GGUF export's checks of family, config and tokenizer run on the base before the merge
+    writes anything (they ran after it: the merged dir was left and the command failed)."""
+    config_path, work_dir, _ = trained_lora
+    adapter = tmp_path / "adapter"
+    assert main(["convert", "pth_to_hf", str(config_path), str(work_dir), str(adapter)]) == 0
+    from tunesmith.config.loader import load_config
+
+    base = tmp_path / "base"
+    shutil.copytree(load_config(str(config_path)).model.path, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "attention_bias": True}))
+    merged = tmp_path / "merged"
+    capsys.readouterr()
+    assert main(["convert", "merge", str(base), str(adapter), str(merged), "--gguf"]) == 2
+    assert "attention_bias" in capsys.readouterr().err
+    assert not merged.exists() and not list(tmp_path.glob("merged*"))
+
+
 @pytest.mark.parametrize("rope", ["default", "llama3"])
 def test_llama_cpp_logits_equal_source(tmp_path, rope):
     """llama.cpp itself computes the source's logits from an f32 file: the q/k permutation,

@@ -76,3 +76,37 @@ def test_llama_cpp_tokenizes_like_the_native_tokenizer(exported):
     native = load_tokenizer(str(model_dir))
     want = [native(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
     assert llama_cpp_tokens(result.path, TEXTS) == want
+
+
+def _adapter(base_dir: Path, out: Path) -> Path:
+    """A random (non-zero) LoRA on every projection (InternLM2 loads in the Llama layout, so
+    its adapters name the Llama modules), saved as a PEFT adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = load_model(ModelConfig(path=str(base_dir)), device="cpu", dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow  # a merge, a GGUF and a llama.cpp load of a 92k vocabulary: ~45 s a case
+@pytest.mark.parametrize("fmt", ["llama", "internlm2"])
+def test_merge_of_internlm2_writes_a_gguf_in_either_layout(exported, tmp_path, fmt, capsys):
+    """`convert merge --format llama --gguf` wrote the merged dir, then refused the GGUF: the
+    Llama-layout dir lacked the sentencepiece model. Both layouts now carry it, and the GGUF
+    tokenizes like the base."""
+    from tunesmith.cli.main import main
+
+    model_dir, _ = exported
+    adapter = _adapter(model_dir, tmp_path / "adapter")
+    merged = tmp_path / "merged"
+    args = ["convert", "merge", str(model_dir), str(adapter), str(merged), "--format", fmt]
+    assert main([*args, "--gguf", "f32"]) == 0, capsys.readouterr().err
+    assert (merged / "tokenizer.model").is_file()
+    gguf_file = tmp_path / "merged-f32.gguf"
+    assert gguf.GGUFReader(gguf_file).fields["tokenizer.ggml.model"].contents() == "llama"
+    native = load_tokenizer(str(model_dir))
+    want = [native(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+    assert llama_cpp_tokens(gguf_file, TEXTS) == want

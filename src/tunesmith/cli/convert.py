@@ -65,10 +65,11 @@ def run_merge(args) -> int:
 
     gguf_out = None
     if args.gguf is not None:  # checked before the merge writes anything
-        from tunesmith.export.gguf import check_target, gguf_sibling
+        from tunesmith.export.gguf import check_source, check_target, gguf_sibling
 
         gguf_out = gguf_sibling(args.out, args.gguf)
         check_target(gguf_out, args.gguf)
+        check_source(args.base)
     result = merge(
         args.base,
         args.adapter,

@@ -112,12 +112,7 @@ def _config_for(target: str, args):
             f"({', '.join(SUFFIXES)}) or a .yaml config"
         )
     if is_data_file(target):
-        from tunesmith.config.loader import apply_override
-
-        data: dict = {"data": {"files": [target]}}
-        for item in overrides:
-            data = apply_override(data, item)
-        cfg = load_config_dict(data, source=target)
+        cfg = load_config_dict({"data": {"files": [target]}}, source=target, overrides=overrides)
     else:
         cfg = load_config(target, overrides)
     updates = {}

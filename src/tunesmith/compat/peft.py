@@ -1,4 +1,5 @@
-"""peft internals tunesmith relies on (written against peft 0.21; tested 0.17-0.21).
+"""peft internals tunesmith relies on (written against peft 0.21; CI runs the declared lower
+bound 0.18.0 and 0.21.2).
 
 - `peft.utils.other.get_pattern_key`: which `alpha_pattern` / `rank_pattern` key a module
   name matches, the rule peft applies when it builds LoRA layers. tunesmith's own merge

@@ -1,4 +1,5 @@
-"""transformers internals tunesmith relies on (written against transformers 5.24; tested 5.0-5.24).
+"""transformers internals tunesmith relies on (written against transformers 5.24, which is also
+the declared lower bound: 5.3-5.23 convert the InternLM2 tokenizer differently, see tests/compat).
 
 Each has no public equivalent:
 
@@ -10,7 +11,9 @@ Each has no public equivalent:
   `GradientCheckpointingLayer` (`gradient_checkpointing_enable` sets it on all layers);
 - the InternLM2 tokenizer conversion: `SpmConverter.build_tokenizer_from_spm_proto` and
   transformers' own sentencepiece protobuf schema (no sentencepiece library involved);
-- the flash-attention style mask function, registered for tunesmith's varlen attention.
+- the flash-attention style mask function, registered for tunesmith's varlen attention;
+- RoPE inverse frequencies of a scaled rope type (Llama 3.1's `llama3`), for the GGUF export:
+  `modeling_rope_utils.ROPE_INIT_FUNCTIONS`, the table the models' rotary embeddings read;
 - the last entry of `hidden_states` is the final-normed state the output head reads.
 """
 
@@ -78,3 +81,12 @@ def final_hidden_states(output) -> torch.Tensor:
     the tuple with the decoder's `last_hidden_state` (after the final norm), not the last
     layer's raw output. tests/compat checks lm_head(this) equals the model's logits."""
     return output.hidden_states[-1]
+
+
+def rope_inv_freq(config, rope_type: str) -> torch.Tensor:
+    """The inverse RoPE frequencies, shape [head_dim // 2], that a model built from `config`
+    uses for `rope_type` (e.g. `llama3`), computed on the CPU as its rotary embedding does."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+    return inv_freq

@@ -1,8 +1,8 @@
 """Load a config: a built-in recipe name or a YAML file, plus `key=value` overrides.
 
-Every key is checked against the schema before pydantic sees the values, so an
-unknown key (nested or in an override) becomes one line naming the key path, the
-file and line, and the nearest valid key. XTuner's flat knob names (`lr`,
+pydantic checks the keys (every part of the schema forbids unknown ones); its errors become
+one line naming the key path, the file and line (or the override), and the nearest valid
+key. XTuner's flat knob names (`lr`,
 `max_length`, `SYSTEM`, `pretrained_model_name_or_path`, ...) are accepted at the
 top level and in overrides and moved into their part (see FLAT_KEYS).
 """
@@ -217,7 +217,7 @@ def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return out
 
 
-# --------------------------------------------------------------- checking keys
+# ------------------------------------------------------------- where keys came from
 
 
 class _Source:
@@ -227,10 +227,20 @@ class _Source:
         self.file, self.lines = file, lines or {}
         self.overrides: dict[tuple, str] = {}
 
+    def line(self, path: tuple) -> float:
+        """The file line `path` was set on (an override: after every line)."""
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.lines:
+                return self.lines[path[:cut]]
+        return float("inf")
+
     def at(self, path: tuple) -> str:
         for cut in range(len(path), 0, -1):
             if path[:cut] in self.overrides:
                 return f"override '{self.overrides[path[:cut]]}'"
+        for key, override in self.overrides.items():  # a part the override itself created
+            if path and key[: len(path)] == path:
+                return f"override '{override}'"
         for cut in range(len(path), 0, -1):
             if path[:cut] in self.lines:
                 return f"{self.file}:{self.lines[path[:cut]]}"
@@ -245,26 +255,18 @@ def _dotted(path: tuple) -> str:
     return out
 
 
-def _check_keys(data: Any, model: type[BaseModel], path: tuple, source: _Source) -> None:
-    if not isinstance(data, dict):
-        return
-    keys = _keys_of(model)
-    for key, value in data.items():
-        dotted = _dotted(path + (key,))
-        if not isinstance(key, str) or key not in keys:
-            raise UserError(
-                f"{source.at(path + (key,))}: unknown config key '{dotted}'"
-                f"{_key_hint(str(key), model, path)}"
-            )
-        annotation = model.model_fields[keys[key]].annotation
-        sub = _model_class(annotation)
-        if sub is None:
+def _part_at(path: tuple) -> type[BaseModel]:
+    """The schema part that holds the last key of `path` (list indices skipped)."""
+    model: type[BaseModel] = Config
+    for key in path[:-1]:
+        if isinstance(key, int):
             continue
-        if _is_list_field(annotation) and isinstance(value, list):
-            for i, item in enumerate(value):
-                _check_keys(item, sub, path + (key, i), source)
-        else:
-            _check_keys(value, sub, path + (key,), source)
+        name = _keys_of(model).get(key)
+        sub = _model_class(model.model_fields[name].annotation) if name else None
+        if sub is None:
+            break
+        model = sub
+    return model
 
 
 def _key_hint(key: str, model: type[BaseModel], path: tuple) -> str:
@@ -279,16 +281,12 @@ def _key_hint(key: str, model: type[BaseModel], path: tuple) -> str:
 
 
 def _move_flat_keys(data: dict, source: _Source) -> dict:
-    """Move XTuner's flat top-level names into their parts."""
+    """Move XTuner's flat top-level names into their parts (pydantic reports any other key)."""
     parts = _keys_of(Config)
-    out = {k: v for k, v in data.items() if k in parts}
+    out = {k: v for k, v in data.items() if k in parts or k not in FLAT_KEYS}
     for key, value in data.items():
-        if key in parts:
+        if key in out:
             continue
-        if key not in FLAT_KEYS:
-            raise UserError(
-                f"{source.at((key,))}: unknown config key '{key}'{_key_hint(str(key), Config, ())}"
-            )
         part, field = FLAT_KEYS[key].split(".")
         section = out.get(part)
         if section is None:
@@ -307,12 +305,8 @@ def _move_flat_keys(data: dict, source: _Source) -> dict:
 # ------------------------------------------------------------------ overrides
 
 
-def apply_override(data: dict, override: str) -> dict:
-    """Apply one `key.sub=value` override to a raw config dict (returns a new dict)."""
-    return _apply_override(data, override)[0]
-
-
 def _apply_override(data: dict, override: str) -> tuple[dict, tuple]:
+    """One `key.sub=value` override applied to a raw config dict: the new dict, the key path."""
     if "=" not in override:
         raise UserError(f"override '{override}' is not key=value (e.g. train.lr=1e-4)")
     key, text = override.split("=", 1)
@@ -322,14 +316,6 @@ def _apply_override(data: dict, override: str) -> tuple[dict, tuple]:
     if len(path) == 1 and path[0] in FLAT_KEYS:
         path = FLAT_KEYS[path[0]].split(".")
     value = parse_value(text)
-    source = _Source("")
-    source.overrides[()] = override
-    source.overrides[tuple(path[:1])] = override
-    probe: Any = value
-    for part in reversed(path):
-        probe = {part: probe}
-    _check_keys(probe, Config, (), source)
-
     out = dict(data)
     node = out
     for part in path[:-1]:
@@ -343,20 +329,42 @@ def _apply_override(data: dict, override: str) -> tuple[dict, tuple]:
 # --------------------------------------------------------------- validation
 
 
+UNKNOWN_KEY = ("extra_forbidden", "invalid_key")  # pydantic's error types for a key
+
+
 def _validate(data: dict, source: _Source) -> Config:
+    """Config.model_validate, its first error (an unknown key before a bad value, then in
+    file order) as one UserError naming the file:line or override and the key path."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        unknown = [e for e in errors if e["type"] in UNKNOWN_KEY]
+        if unknown:
+            err = min(unknown, key=lambda e: source.line(tuple(e["loc"])))
+        else:
+            err = errors[0]
         loc = tuple(err["loc"])
-        dotted = _dotted(loc)
-        value = err.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "a mapping"
-        more = len(exc.errors()) - 1
+        more = len(errors) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise UserError(
-            f"{source.at(loc)}: bad value {shown} for '{dotted}': {err['msg']}{tail}"
-        ) from None
+        raise UserError(f"{source.at(loc)}: {_problem(err, loc)}{tail}") from None
+
+
+def _problem(err: dict, loc: tuple) -> str:
+    key = loc[-1]
+    # a key that is not a string (`1: 2`) is named as written, not as a list index
+    dotted = _dotted(loc) if isinstance(key, str) else _dotted(loc[:-1] + (str(key),))
+    if err["type"] in UNKNOWN_KEY:
+        model = _part_at(loc)
+        field = _keys_of(model).get(key) if isinstance(key, str) else None
+        if field is not None:  # pydantic takes a field by its name or its alias, not both
+            names = [k for k, v in _keys_of(model).items() if v == field]
+            both = " and ".join(f"'{_dotted(loc[:-1] + (k,))}'" for k in names)
+            return f"{both} are both set (the same field); keep one"
+        return f"unknown config key '{dotted}'{_key_hint(str(key), model, loc[:-1])}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return f"bad value {shown} for '{dotted}': {err['msg']}"
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -368,12 +376,14 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config is a mapping of parts (model:, data:, train:, ...)")
-    data = _move_flat_keys(data, source)
-    _check_keys(data, Config, (), source)
+    return _validate(_with_overrides(_move_flat_keys(data, source), overrides, source), source)
+
+
+def _with_overrides(data: dict, overrides, source: _Source) -> dict:
     for override in overrides:
         data, key = _apply_override(data, override)
         source.overrides[key] = override
-    return _validate(data, source)
+    return data
 
 
 def _find_config(name_or_path: str) -> Path:
@@ -398,12 +408,13 @@ def _find_config(name_or_path: str) -> Path:
     return recipe_path(name_or_path)
 
 
-def load_config_dict(data: dict, source: str = "<config>") -> Config:
-    """Validate a raw config dict (flat XTuner names allowed) with the same error messages."""
+def load_config_dict(
+    data: dict, source: str = "<config>", overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Validate a raw config dict (flat XTuner names allowed), with `key.sub=value` overrides
+    applied, with the same error messages as load_config."""
     src = _Source(source)
-    data = _move_flat_keys(data, src)
-    _check_keys(data, Config, (), src)
-    return _validate(data, src)
+    return _validate(_with_overrides(_move_flat_keys(data, src), overrides, src), src)
 
 
 class _Dumper(yaml.SafeDumper):

@@ -23,8 +23,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -102,7 +104,45 @@ class TrainDataset:
 
 def build_dataset(cfg, tokenizer, progress: bool = True) -> TrainDataset:
     """Tokenise and pack cfg.data.files with the configured template (cached on disk)."""
-    data = cfg.data
+    left_out: list[str] = []  # records that teach nothing (empty or no answer), with why
+
+    def conversations_of(entry) -> list[Conversation]:
+        kept = []
+        for conversation in load_conversations(entry.path, entry.format):
+            if conversation.problem:
+                left_out.extend([conversation.problem] * entry.repeat)
+            else:
+                kept.append(conversation)
+        return kept
+
+    def assemble(doc_ids, doc_labels, data) -> tuple[dict[str, np.ndarray], dict]:
+        raw_lengths = [len(x) for x in doc_ids]
+        arrays, summary = _assemble(doc_ids, doc_labels, raw_lengths, data)
+        summary["no_answer"] = len(left_out)
+        if summary["records"] == 0:
+            raise UserError(_why_empty(summary, left_out, data.max_length))
+        return arrays, summary
+
+    return build_cached(cfg.data, tokenizer, TrainDataset, conversations_of, assemble, progress)
+
+
+def build_cached(
+    data,
+    tokenizer,
+    dataset_cls: type[TrainDataset],
+    conversations_of: Callable[[Any], list[Conversation]],
+    assemble: Callable[[list[np.ndarray], list[np.ndarray], Any], tuple[dict, dict]],
+    progress: bool = True,
+    kind: str = "",
+) -> TrainDataset:
+    """What every dataset build shares: refuse an empty data.files, pick the template, load
+    the cache when it holds this build; else tokenise the conversations each file gives
+    (`conversations_of(entry)`, every document `entry.repeat` times), let
+    `assemble(doc_ids, doc_labels, data)` make the arrays and summary, and cache them.
+
+    Returns `dataset_cls(arrays, summary, pad_token_id)` over the memory-mapped cache.
+    `kind` (e.g. "preference") keeps the caches of other dataset kinds apart from SFT's.
+    """
     if not data.files:
         raise UserError("data.files is empty; list at least one .jsonl/.json/.parquet file")
     template = get_template(data.template, tokenizer)
@@ -110,36 +150,26 @@ def build_dataset(cfg, tokenizer, progress: bool = True) -> TrainDataset:
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     key = cache_key(data, tokenizer, template)
+    if kind:
+        key = hashlib.sha256(f"{kind}:{key}".encode()).hexdigest()[:24]
     cache = cache_dir(data) / key
     if (cache / "summary.json").exists():
-        return _load(cache, pad_id)
+        summary = json.loads((cache / "summary.json").read_text())
+        return dataset_cls(map_arrays(cache), {**summary, "cached": True}, pad_id)
 
     doc_ids: list[np.ndarray] = []
     doc_labels: list[np.ndarray] = []
-    raw_lengths: list[int] = []
-    left_out: list[str] = []  # records that teach nothing (empty or no answer), with why
     for entry in data.files:
-        conversations = []
-        for conversation in load_conversations(entry.path, entry.format):
-            if conversation.problem:
-                left_out.extend([conversation.problem] * entry.repeat)
-            else:
-                conversations.append(conversation)
         ids, labels = tokenize_conversations(
-            conversations, tokenizer, template, data.system, progress=progress, desc=entry.path
+            conversations_of(entry), tokenizer, template, data.system, progress, entry.path
         )
-        for _ in range(entry.repeat):
-            doc_ids.extend(ids)
-            doc_labels.extend(labels)
-        raw_lengths.extend([len(x) for x in ids] * entry.repeat)
-    arrays, summary = _assemble(doc_ids, doc_labels, raw_lengths, data)
-    summary["no_answer"] = len(left_out)
-    if summary["records"] == 0:
-        raise UserError(_why_empty(summary, left_out, data.max_length))
+        doc_ids += ids * entry.repeat
+        doc_labels += labels * entry.repeat
+    arrays, summary = assemble(doc_ids, doc_labels, data)
     summary["template"] = template.name
     _save(cache, arrays, summary)
     del arrays  # this process too reads the memory-mapped copy from here on
-    return TrainDataset(map_arrays(cache), summary, pad_id)
+    return dataset_cls(map_arrays(cache), summary, pad_id)
 
 
 def tokenize_conversations(
@@ -321,10 +351,3 @@ def map_arrays(path: Path) -> dict[str, np.ndarray]:
     """The arrays `_save` wrote to `path`, memory-mapped read-only (one copy in the page
     cache, shared by every process on the machine)."""
     return {file.stem: np.load(file, mmap_mode="r") for file in sorted(path.glob("*.npy"))}
-
-
-def _load(path: Path, pad_id: int) -> TrainDataset:
-    arrays = map_arrays(path)
-    summary = json.loads((path / "summary.json").read_text())
-    summary["cached"] = True
-    return TrainDataset(arrays, summary, pad_id)

@@ -20,24 +20,14 @@ never crosses from one to the other and chosen and rejected run in one forward.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data.dataset import (
-    TrainDataset,
-    _save,
-    cache_dir,
-    cache_key,
-    map_arrays,
-    tokenize_conversations,
-)
+from tunesmith.data.dataset import TrainDataset, build_cached
 from tunesmith.data.formats import Conversation, iter_records, to_conversation
 from tunesmith.data.packing import pack_documents
-from tunesmith.data.templates import get_template
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
 
@@ -263,33 +253,17 @@ class PreferenceDataset(TrainDataset):
 
 def build_preference_dataset(cfg, tokenizer, progress: bool = True) -> PreferenceDataset:
     """Tokenise and pack the pairs of cfg.data.files (cached on disk like SFT data)."""
-    data = cfg.data
-    if not data.files:
-        raise UserError("data.files is empty; list at least one .jsonl/.json/.parquet file")
-    template = get_template(data.template, tokenizer)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    key = hashlib.sha256(f"preference:{cache_key(data, tokenizer, template)}".encode()).hexdigest()
-    cache = cache_dir(data) / key[:24]
-    if (cache / "summary.json").exists():
-        arrays = map_arrays(cache)
-        summary = json.loads((cache / "summary.json").read_text())
-        return PreferenceDataset(arrays, {**summary, "cached": True}, pad_id)
-    doc_ids, doc_labels = [], []
-    for entry in data.files:
+
+    def conversations_of(entry) -> list[Conversation]:
         pairs = load_pairs(entry.path, entry.format)
-        conversations = [c for pair in pairs for c in (pair.chosen, pair.rejected)]
-        ids, labels = tokenize_conversations(
-            conversations, tokenizer, template, data.system, progress=progress, desc=entry.path
-        )
-        for _ in range(entry.repeat):
-            doc_ids.extend(ids)
-            doc_labels.extend(labels)
-    arrays, summary = assemble_pairs(doc_ids, doc_labels, data.max_length, data.pack_to_max_length)
-    summary["template"] = template.name
-    _save(cache, arrays, summary)
-    return PreferenceDataset(map_arrays(cache), summary, pad_id)
+        return [c for pair in pairs for c in (pair.chosen, pair.rejected)]
+
+    def assemble(doc_ids, doc_labels, data) -> tuple[dict[str, np.ndarray], dict]:
+        return assemble_pairs(doc_ids, doc_labels, data.max_length, data.pack_to_max_length)
+
+    return build_cached(
+        cfg.data, tokenizer, PreferenceDataset, conversations_of, assemble, progress, "preference"
+    )
 
 
 def assemble_pairs(

@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.errors import UserError
 from tunesmith.export.shards import weight_files
 from tunesmith.fileio import atomic_file, atomic_write_text
@@ -109,26 +110,12 @@ def export_gguf(
             misshapen tensor, or an existing OUT; raised before anything is written.
     """
     from tunesmith.export.modelfile import modelfile_text
-    from tunesmith.model.load import load_tokenizer
-    from tunesmith.model.resolve import resolve_model_path
 
     out = Path(out).expanduser()
     check_target(out, outtype, overwrite)
-    model_dir = Path(resolve_model_path(str(model)))
-    if model_dir.suffix == ".gguf" or not model_dir.is_dir():
-        raise UserError(f"{model_dir} is not an HF model directory (config.json + safetensors)")
-    config_dict = internlm2.read_config(model_dir)
-    kind = config_dict.get("model_type")
-    if kind not in FAMILIES:
-        raise UserError(
-            f"{model_dir / 'config.json'}: model_type '{kind}' cannot be written as GGUF by "
-            f"tunesmith; supported: {', '.join(FAMILIES)}"
-        )
+    model_dir, kind, config, tokenizer, vocab = _source(model)
     arch, permute = FAMILIES[kind]
-    config = _hf_config(model_dir, config_dict)
     notes: list[str] = []
-    tokenizer = load_tokenizer(str(model_dir))
-    vocab = _vocab(model_dir, tokenizer, config.vocab_size)
     tensors = _plan(model_dir, config, kind, arch, permute, outtype, notes)
     rope_freqs = _rope_metadata(config, notes)
     if rope_freqs is not None:
@@ -160,6 +147,33 @@ def export_gguf(
     return GGUFResult(
         out, outtype, writer_arch, len(tensors), out.stat().st_size, modelfile_path, notes
     )
+
+
+def check_source(model: str | Path) -> None:
+    """Raise the UserError `export_gguf(model, ...)` would raise for the model's family, config
+    or tokenizer, without writing anything (`convert merge --gguf` checks its base first)."""
+    _source(model)
+
+
+def _source(model: str | Path):
+    """(model dir, model_type, transformers config, tokenizer, vocabulary) of an exportable
+    model dir; UserError for a GGUF file, a non-directory, an unsupported family or tokenizer."""
+    from tunesmith.model.load import load_tokenizer
+    from tunesmith.model.resolve import resolve_model_path
+
+    model_dir = Path(resolve_model_path(str(model)))
+    if model_dir.suffix == ".gguf" or not model_dir.is_dir():
+        raise UserError(f"{model_dir} is not an HF model directory (config.json + safetensors)")
+    config_dict = internlm2.read_config(model_dir)
+    kind = config_dict.get("model_type")
+    if kind not in FAMILIES:
+        raise UserError(
+            f"{model_dir / 'config.json'}: model_type '{kind}' cannot be written as GGUF by "
+            f"tunesmith; supported: {', '.join(FAMILIES)}"
+        )
+    config = _hf_config(model_dir, config_dict)
+    tokenizer = load_tokenizer(str(model_dir))
+    return model_dir, kind, config, tokenizer, _vocab(model_dir, tokenizer, config.vocab_size)
 
 
 def gguf_sibling(model_dir: str | Path, outtype: str) -> Path:
@@ -218,9 +232,7 @@ def _rope_metadata(config, notes: list[str]) -> torch.Tensor | None:
         )
         return None
     if kind == "llama3":
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+        scaled = hf_compat.rope_inv_freq(config, "llama3")
         dim = _head_dim(config)
         base = rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
         return (1.0 / base) / scaled.float()
@@ -526,9 +538,7 @@ def _pre_tokenizer(model_dir: Path, spec: dict) -> str:
 
 
 def _sentencepiece_vocab(model_file: Path, tokenizer) -> _Vocab:
-    from transformers.utils import sentencepiece_model_pb2_new as sentencepiece_model
-
-    proto = sentencepiece_model.ModelProto()
+    proto = hf_compat.sentencepiece_model_proto()
     try:
         proto.ParseFromString(model_file.read_bytes())
     except Exception as err:  # protobuf's DecodeError has no stable import path

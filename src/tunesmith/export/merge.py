@@ -32,8 +32,10 @@ from tunesmith.model.quantize import DTYPES
 from tunesmith.model.resolve import resolve_model_path
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-# InternLM2 ships its own modelling / tokenizer code and sentencepiece model: keep them.
-_INTERNLM2_EXTRA_FILES = ("*.py", "tokenizer.model")
+# InternLM2 ships its own modelling / tokenizer code and sentencepiece model: the internlm2
+# layout keeps both; the llama layout keeps the sentencepiece model (GGUF export and
+# sentencepiece-based tokenizers read it), not the remote code.
+_INTERNLM2_EXTRA_FILES = {"internlm2": ("*.py", "tokenizer.model"), "llama": ("tokenizer.model",)}
 
 
 @dataclass
@@ -101,8 +103,8 @@ def merge(
         tokenizer = _write_tokenizer(tmp, adapter_dir, base)
         template = train_cfg.data.template if train_cfg is not None else "auto"
         chat_files.write_generation_config(tmp, base_dir, tokenizer, template)
-        if fmt == "internlm2":
-            for pattern in _INTERNLM2_EXTRA_FILES:
+        if is_internlm2:
+            for pattern in _INTERNLM2_EXTRA_FILES[fmt]:
                 for extra in base_dir.glob(pattern):
                     shutil.copy2(extra, tmp / extra.name)
     files = [out_dir / f.name for f in files]

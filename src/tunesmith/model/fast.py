@@ -31,7 +31,7 @@ import torch
 from peft.helpers import disable_input_dtype_casting
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # as in HF's docs
 
 from tunesmith.compat import liger as liger_compat
 from tunesmith.compat import transformers as hf_compat
@@ -300,7 +300,7 @@ def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, 
         causal = causal.tril(diagonal=kv_len - q_len)
         attention_mask = causal[None, None] & attention_mask[:, None, None, -kv_len:].bool()
     kwargs.pop("is_causal", None)
-    return ALL_ATTENTION_FUNCTIONS["sdpa"](
+    return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -536,9 +537,10 @@ class Generator:
                 eos_ids.append(token_id)
                 stop_words.remove(word)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-        width = max(map(len, rows))
-        input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        left = dict(batch_first=True, padding_side="left")
+        input_ids = pad_sequence([torch.tensor(r) for r in rows], padding_value=pad_id, **left)
+        attention = pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], **left)
+        width = input_ids.shape[1]
         tracker = _Rows(tok, len(rows), eos_ids, stop_words, sampling.max_new_tokens, on_piece)
         cancel = cancel or threading.Event()
         kwargs = dict(

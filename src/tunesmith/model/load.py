@@ -100,12 +100,22 @@ def load_tokenizer(
     `special_tokens` added (config key model.special_tokens)."""
     offline_env()
     path = resolve_model_path(name_or_path, with_weights=False)
-    if model_type(path) == internlm2.MODEL_TYPE:
-        tokenizer = internlm2.load_tokenizer(path)
-    elif path.endswith(".gguf"):
-        tokenizer = _from_gguf(AutoTokenizer, path)
-    else:
-        tokenizer = _from_pretrained(AutoTokenizer, path, trust_remote_code)
+    try:
+        if model_type(path) == internlm2.MODEL_TYPE:
+            tokenizer = internlm2.load_tokenizer(path)
+        elif path.endswith(".gguf"):
+            tokenizer = _from_gguf(AutoTokenizer, path)
+        else:
+            tokenizer = _from_pretrained(AutoTokenizer, path, trust_remote_code)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the `tokenizers` parser raises plain Exception
+        # a damaged tokenizer.json / tokenizer_config.json: KeyError, TypeError, JSON errors
+        why = str(err).splitlines()[0].strip() if str(err) else type(err).__name__
+        raise UserError(
+            f"{path}: no usable tokenizer ({type(err).__name__}: {why}); copy the model's "
+            f"tokenizer.json and tokenizer_config.json into it"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if special_tokens:
