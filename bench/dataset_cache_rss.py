@@ -6,7 +6,8 @@ Writes one cache of `--records` synthetic documents (16-112 tokens, 64 on averag
 realistic size for chat records; packed into 2048-token rows) in both layouts:
 
 - `npz`: one arrays.npz, loaded whole into memory (the layout before CACHE_VERSION 4);
-- `mmap`: one .npy per array, memory-mapped read-only by `data.dataset._load` (now).
+- `mmap`: one .npy per array, memory-mapped read-only by `data.dataset.map_arrays`, as
+  `build_cached` opens a cached build (now).
 
 Then, for each layout, a fresh process opens the cache and collates `--rows` random rows
 (what a data loader of one training process does) and reports its peak RSS (VmHWM),
@@ -44,7 +45,8 @@ elif layout == "npz":
     summary = json.loads((path / "summary.json").read_text())
     ds = dataset.TrainDataset(arrays, summary, 0)
 else:
-    ds = dataset._load(path, 0)
+    summary = json.loads((path / "summary.json").read_text())
+    ds = dataset.TrainDataset(dataset.map_arrays(path), summary, 0)
 opened = time.perf_counter() - start
 import torch  # collate's, imported in every layout
 rng = np.random.default_rng(0)

@@ -6,6 +6,11 @@
 #
 #   bash bench/gpu_accept.sh [--gpus 2,1] [--engines none,zero2,...] [--methods lora,qlora,full]
 #
+# The whole matrix of issue 9 in one call on nvidia-h200-x2 (38 cases incl. the two ZeRO-3 LoRA
+# "try" cases, side by side; about 6-8 min):
+#
+#   WHL=.whl SERVE=1 bash bench/gpu_accept.sh --gpus 2,1 --jobs 20 --deadline 330
+#
 # It builds a random-init InternLM2-layout model, runs bench/gpu_accept.py (the real CLI per
 # engine x method x GPUs: train with chat samples, SIGTERM mid-run, resume, pth_to_hf, merge,
 # chat --prompt; one table row each) and, with SERVE=1, `tunesmith serve` on one GPU answering
@@ -23,15 +28,18 @@ if ls "$WHL"/*.whl >/dev/null 2>&1; then
     --target /tmp/site "$WHL"/*.whl || exit 1
 fi
 export PYTHONPATH=$PWD/src:/tmp/site
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, peft, accelerate, deepspeed; print('torch', torch.__version__, \
+card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sort | uniq -c | tr '\n' ' ')
+versions=$(python3 -c "import torch, transformers, peft, accelerate, deepspeed; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', \
-accelerate.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | grep -v Warning | tail -1
-date -u +"date %Y-%m-%d %H:%M UTC"
+accelerate.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | grep -v Warning | tail -1)
+when=$(date -u +"%Y-%m-%d %H:%M UTC")
+echo "$card"; echo "$versions"; echo "date $when"
 
 [ -d "$ROOT/model" ] || python3 bench/gpu_accept.py prepare "$ROOT" 2>&1 | tail -1
 python3 bench/gpu_accept.py run "$ROOT" "$@" 2>&1 | tee "$OUTD/accept.txt" | grep -v '^|'
-python3 bench/gpu_accept.py table "$ROOT"
+# the docs/gpu.md section (machine, versions, date, the table, how many rows pass)
+python3 bench/gpu_accept.py table "$ROOT" --markdown "$OUTD/gpu_md_section.md" \
+  --versions "Measured $when on $card; $versions; commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), command \`bash bench/gpu_accept.sh $*\`"
 cp "$ROOT/rows.jsonl" "$OUTD/" 2>/dev/null
 # the logs of failed cases, tails only (the files that come back are few and small)
 python3 - "$ROOT" "$OUTD/failed_logs.txt" <<'EOF'

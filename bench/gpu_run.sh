@@ -19,6 +19,10 @@
 #                                    #   on 1 GPU, then with NPROC_PER_NODE=2
 #   bash bench/gpu_run.sh xtuner     # 1 GPU: baseline, tunesmith and XTuner 0.2.0 (carry .xt, .bench)
 #   bash bench/gpu_run.sh dpo        # 1 GPU: DPO QLoRA, tunesmith vs TRL DPOTrainer (bench/gpu_dpo.py)
+#   bash bench/gpu_run.sh speed      # 1 GPU, issue 15 part a: baseline, XTuner, `tunesmith train` with
+#                                    #   memory_budget = XTuner's peak and auto (bench/gpu_speed.py)
+#   bash bench/gpu_run.sh speed2     # 1 GPU, issue 15 part b: lean bs 1 in 7 GiB, LoRA bf16, InternLM2
+#                                    #   layout, Unsloth (if its wheels are carried)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
@@ -106,6 +110,13 @@ dpo)
   python3 bench/gpu_train.py prepare > "$OUTD/prepare.log" 2>&1 || tail -5 "$OUTD/prepare.log"
   run ts_dpo_qlora 120 python3 bench/gpu_dpo.py tunesmith --steps 8
   run trl_dpo_qlora 270 python3 bench/gpu_dpo.py trl --steps 8
+  ;;
+speed|speed2)
+  # issue 15 (bench/gpu_speed.py): part a = baseline, XTuner, `tunesmith train` under XTuner's peak
+  # and with memory_budget auto; part b = all layers checkpointed, lean bs 1 in 7 GiB, LoRA bf16
+  # (CLI + loop A/B), InternLM2 layout, Unsloth. Carry .whl, .xt, .bench as for `xtuner`.
+  python3 bench/gpu_speed.py $([ "$1" = speed ] && echo a || echo b) 2>&1 | tail -40
+  exit 0
   ;;
 lora)
   # LoRA inputs kept in bf16 under autocast (default) vs peft's fp32 copy of them

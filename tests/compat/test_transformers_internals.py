@@ -82,10 +82,16 @@ def test_sentencepiece_proto_converts_to_a_tokenizer():
 
 
 def test_sdpa_is_registered_under_its_name():
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    """model/fast.py falls back to the documented sdpa_attention_forward: the same function
+    transformers runs for attn_implementation="sdpa", with [batch, seq, heads, dim] output."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    assert AttentionInterface._global_mapping.get("sdpa") is sdpa_attention_forward, (
+        f"{WHERE}: 'sdpa' no longer runs integrations.sdpa_attention.sdpa_attention_forward"
+    )
     q = torch.randn(1, 2, 3, 4)
-    out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](torch.nn.Module(), q, q, q, None, is_causal=True)
+    out, _ = sdpa_attention_forward(torch.nn.Module(), q, q, q, None, is_causal=True)
     assert out.shape == (1, 3, 2, 4), f"{WHERE}: the sdpa attention function changed its layout"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +152,25 @@ def test_a_pair_truncated_to_no_answer_is_dropped_whole(pair_config, smollm_toke
     assert dataset.num_pairs == 1 and dataset.summary["dropped"] == 1
     assert dataset.num_documents == 2
     assert np.array_equal(dataset.documents_of_row(0), [0, 1])
+
+
+def test_pairs_are_cached_memory_mapped_and_apart_from_sft(
+    pair_config, smollm_tokenizer, monkeypatch
+):
+    from tunesmith.data import dataset as dataset_module
+
+    records = [{"prompt": f"Q{i}?", "chosen": "yes", "rejected": "no"} for i in range(3)]
+    cfg = pair_config(records, max_length=64)
+    first = build_preference_dataset(cfg, smollm_tokenizer)
+    assert first.num_pairs == 3 and not first.summary.get("cached")
+    monkeypatch.setattr(dataset_module, "tokenize_conversations", None)  # must not tokenise
+    second = build_preference_dataset(cfg, smollm_tokenizer)
+    assert second.summary["cached"] and isinstance(second.ids, np.memmap)
+    np.testing.assert_array_equal(second.ids, first.ids)
+    template = dataset_module.get_template(cfg.data.template, smollm_tokenizer)
+    sft_key = dataset_module.cache_key(cfg.data, smollm_tokenizer, template)
+    caches = [p.name for p in Path(cfg.data.cache_dir).iterdir()]
+    assert len(caches) == 1 and caches != [sft_key]  # an SFT build of these files: elsewhere
 
 
 def test_data_check_and_show_handle_pairs(tmp_path, tiny_model_dir, capsys):

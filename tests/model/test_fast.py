@@ -43,12 +43,61 @@ def test_on_cpu_only_packed_attention_changes_and_logits_stay():
     torch.testing.assert_close(model(input_ids=x).logits, before)
 
 
-def test_plan_off_cuda_is_per_document_attention_only():
+def test_plan_off_cuda_is_per_document_attention_and_trained_logits_only():
     assert fast.plan_for(
         make_cfg(), "cpu", liger_available=True, varlen_available=True
-    ) == fast.Plan(attention=fast.VARLEN)
+    ) == fast.Plan(attention=fast.VARLEN, trained_logits_only=True)
     unpacked = Config.model_validate({"data": {"pack_to_max_length": False}})
-    assert fast.plan_for(unpacked, "cpu", True, True) == fast.Plan()
+    assert fast.plan_for(unpacked, "cpu", True, True) == fast.Plan(trained_logits_only=True)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_trained_logits_only_keeps_the_loss_and_the_gradients(tied):
+    """The head on trained positions only: same loss and grads as over every position, also
+    with a row that has no trained token and tied embeddings."""
+    from peft import LoraConfig, get_peft_model
+
+    x = torch.randint(0, 128, (3, 12))
+    labels = x.clone()
+    labels[0, :5] = -100  # a prompt
+    labels[1, :] = -100  # nothing trained in this row
+    labels[2, 3:7] = -100
+    pos = torch.tensor([list(range(12)), list(range(6)) * 2, list(range(4)) + list(range(8))])
+    n_items = (labels[:, 1:] != -100).sum()
+    results = []
+    for plan in (fast.Plan(), fast.Plan(trained_logits_only=True)):
+        torch.manual_seed(3)
+        model = tiny_llama(seed=4)
+        if tied:
+            model.config.tie_word_embeddings = True
+            model.tie_weights()
+            assert model.lm_head.weight is model.model.embed_tokens.weight
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+        model = get_peft_model(model, lora).train()
+        batch = {"input_ids": x, "labels": labels, "position_ids": pos}
+        head = fast.head_inputs(batch, plan)
+        loss = model(**batch, use_cache=False, num_items_in_batch=n_items, **head).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads, head))
+    (full_loss, full_grads, none), (loss, grads, head) = results
+    assert none == {} and head["logits_to_keep"].sum() == n_items == head["shift_labels"].numel()
+    torch.testing.assert_close(loss, full_loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], msg=name)
+
+
+def test_trained_logits_only_is_off_for_a_model_without_logits_to_keep():
+    class NoMask(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, labels=None):
+            return input_ids
+
+    assert fast.training_plan(NoMask(), make_cfg()).trained_logits_only is False
+    assert fast.training_plan(tiny_llama(), make_cfg()).trained_logits_only is True
 
 
 def test_per_document_attention_on_cpu_equals_the_masked_row():
@@ -80,6 +129,8 @@ def test_plan_on_cuda_uses_liger_varlen_and_compute_dtype():
         attention=fast.VARLEN,
         lora_inputs_in_autocast=True,
     )
+    no_liger = fast.plan_for(make_cfg(use_liger=False), "cuda", True, True)
+    assert no_liger.trained_logits_only is True  # Liger's fused loss builds no logits anyway
 
 
 def test_plan_without_liger_installed_falls_back_to_plain_kernels():

@@ -112,3 +112,15 @@ def test_gguf_file_loads_and_can_be_saved(tmp_path):
 def test_cuda_without_gpu_is_user_error(tiny_model_dir):
     with pytest.raises(UserError, match="no CUDA device"):
         load_model(ModelConfig(path=str(tiny_model_dir)), device="cuda")
+
+
+def test_fit_embeddings_counts_rows_of_a_partitioned_weight(tiny_model_dir, smollm_tokenizer):
+    # DeepSpeed ZeRO-3 leaves each process an empty partition (shape [0]) of every weight; the
+    # rows must come from the module, or every model is resized and its embeddings trained
+    from tunesmith.model.load import fit_embeddings
+
+    model = load_model(ModelConfig(path=str(tiny_model_dir)))
+    embeddings = model.get_input_embeddings()
+    embeddings.weight.data = torch.empty(0)
+    assert not fit_embeddings(model, smollm_tokenizer)
+    assert model.get_input_embeddings() is embeddings

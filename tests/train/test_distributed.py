@@ -263,11 +263,18 @@ def test_weight_sharding_with_qlora_is_refused_with_advice(name):
         dist.accelerator_kwargs(cfg, name, cuda=True, bf16=True, world_size=2)
 
 
-@pytest.mark.parametrize("name", ["zero2", "fsdp2"])
-def test_an_engine_without_gpus_is_refused_naming_ddp(name):
+@pytest.mark.parametrize("name", ["zero2", "zero3_offload"])
+def test_deepspeed_without_gpus_is_refused_naming_ddp_and_fsdp2(name):
     full = Config.model_validate({"lora": None})
-    with pytest.raises(UserError, match=f"--deepspeed {name} needs CUDA GPUs.*DDP"):
+    with pytest.raises(UserError, match=f"--deepspeed {name} needs CUDA GPUs.*DDP.*fsdp2"):
         dist.accelerator_kwargs(full, name, cuda=False, world_size=2)
+
+
+def test_fsdp2_runs_on_cpu_processes():
+    # torch's FSDP2 shards over gloo; tests/train/test_multiprocess.py trains with it
+    kwargs = dist.accelerator_kwargs(make_cfg(), "fsdp2", cuda=False, world_size=2)
+    assert kwargs["cpu"] is True and kwargs["mixed_precision"] == "no"
+    assert kwargs["fsdp_plugin"].fsdp_version == 2
 
 
 def test_zero2_with_qlora_is_allowed():
@@ -276,11 +283,26 @@ def test_zero2_with_qlora_is_allowed():
     assert kwargs["deepspeed_plugin"].zero_stage == 2
 
 
-@pytest.mark.parametrize("name", ["deepspeed_zero3", "zero3_offload", "fsdp2"])
-def test_weight_sharding_with_lora_on_two_gpus_is_refused_naming_zero2(name):
+@pytest.mark.parametrize("name", ["deepspeed_zero3", "zero3_offload"])
+def test_zero3_with_lora_on_two_gpus_is_refused_naming_fsdp2_and_zero2(name):
     cfg = Config.model_validate({"lora": {"r": 8}})
-    with pytest.raises(UserError, match="with LoRA does not train yet.*zero2"):
+    with pytest.raises(UserError, match="with LoRA on several processes.*fsdp2.*zero2"):
         dist.accelerator_kwargs(cfg, name, cuda=True, bf16=True, world_size=2)
+
+
+def test_the_acceptance_run_may_try_zero3_lora(monkeypatch):
+    cfg = Config.model_validate({"lora": {"r": 8}})
+    monkeypatch.setenv(dist.TRY_REFUSED_ENV, "zero3")
+    assert dist.check_strategy(cfg, "zero3", cuda=True, world_size=2) == "zero3"
+    with pytest.raises(UserError):  # only the one named
+        dist.check_strategy(cfg, "zero3_offload", cuda=True, world_size=2)
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["gpus", "cpu"])
+def test_fsdp2_with_lora_is_allowed(cuda):
+    lora = Config.model_validate({"lora": {"r": 8}})
+    kwargs = dist.accelerator_kwargs(lora, "fsdp2", cuda=cuda, bf16=True, world_size=2)
+    assert kwargs["fsdp_plugin"].fsdp_version == 2
 
 
 def test_the_launcher_refuses_lora_with_zero3_from_nproc_per_node(monkeypatch):

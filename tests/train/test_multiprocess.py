@@ -6,6 +6,7 @@ ones that launch two ranks are marked slow.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -134,6 +135,80 @@ def test_a_worker_that_dies_takes_the_others_down(config_file, tmp_path):
     assert run.returncode not in (0, None), out[-2000:]
     time.sleep(0.5)
     assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _stop_at(run: subprocess.Popen, work_dir: Path, step: int) -> str:
+    """SIGTERM to the launcher once `step` is logged; its output."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and run.poll() is None:
+        steps = [r["step"] for r in read_metrics(work_dir / "metrics.jsonl")]
+        if steps and steps[-1] >= step:
+            run.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    return run.communicate(timeout=120)[0]
+
+
+def _lora_parameter_count(model_dir: Path) -> str:
+    """ "trainable X of Y" as one process counts it on the whole model: peft's own count."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainable, total = get_peft_model(model, lora).get_nb_trainable_parameters()
+    return f"trainable {trainable:,} of {total:,} parameters"
+
+
+@pytest.mark.slow  # two 2-process runs, a refused one: ~1-3 min on 2 busy cores
+def test_fsdp2_lora_on_two_processes_samples_saves_and_resumes_the_uninterrupted_curve(
+    config_file, tmp_path, tiny_model_dir
+):
+    from peft import PeftConfig
+    from safetensors.torch import load_file
+
+    from tunesmith.config.loader import load_config
+    from tunesmith.train.recipe import TrainRecipe
+
+    # reference: one process taking both ranks' rows (rank r of 2 takes row 2i + r of step i)
+    recipe = TrainRecipe(load_config(str(config_file), ["train.batch_size=2"]), tmp_path / "ref")
+    recipe.setup()
+    reference = recipe.train().losses
+    assert len(reference) == 8
+
+    fsdp2 = ("--deepspeed", "fsdp2")
+    samples = ('runtime.evaluation_inputs=["Who are you?"]', "runtime.evaluation_max_new_tokens=3")
+    run = _train(config_file, tmp_path / "run", *fsdp2, *samples, NPROC_PER_NODE="2")
+    out = _stop_at(run, tmp_path / "run", 2)
+    assert run.returncode == 143, out[-3000:]
+    assert _lora_parameter_count(tiny_model_dir) in out  # whole counts, not one rank's shards
+    saved = ckpt.find_latest(tmp_path / "run")
+    stopped_at = ckpt.read_state(saved)["step"]
+    assert 2 <= stopped_at < 8
+
+    # another number of processes: refused in one line before any model loads
+    one = _train(config_file, tmp_path / "run", *fsdp2, *samples, "--resume", "auto")
+    out = one.communicate(timeout=300)[0]
+    assert one.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors and "saved by 2 processes under fsdp2, this run has 1" in errors[0]
+    assert "Traceback" not in out and "trainable" not in out
+
+    resumed = _train(
+        config_file, tmp_path / "run", *fsdp2, *samples, "--resume", "auto", NPROC_PER_NODE="2"
+    )
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"resumed from {saved} at step {stopped_at}/8" in out
+    assert _losses(tmp_path / "run") == pytest.approx(reference, abs=1e-5)
+    # the chat samples ran with every rank gathering the sharded weights (FSDP2's generate)
+    sampled = [json.loads(line) for line in (tmp_path / "run" / "chat_samples.jsonl").open()]
+    assert [s["step"] for s in sampled] == [8]
+    # the adapter is whole tensors that plain peft reads
+    adapter = tmp_path / "run" / "iter_8" / "adapter"
+    assert PeftConfig.from_pretrained(str(adapter)).r == 8
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert weights and all(v.shape[0] == 8 for k, v in weights.items() if "lora_A" in k)
 
 
 def test_watchdog_ends_a_rank_that_waits_too_long_naming_rank_and_step(tmp_path):

@@ -12,12 +12,16 @@ Each has no public equivalent:
 - the InternLM2 tokenizer conversion: `SpmConverter.build_tokenizer_from_spm_proto` and
   transformers' own sentencepiece protobuf schema (no sentencepiece library involved);
 - the flash-attention style mask function, registered for tunesmith's varlen attention;
+- a boolean (batch, length) `logits_to_keep` (`modeling_utils.slice_logits_to_keep`, 5.24): the
+  output head runs on the True positions only, flattened to (n, hidden);
 - RoPE inverse frequencies of a scaled rope type (Llama 3.1's `llama3`), for the GGUF export:
   `modeling_rope_utils.ROPE_INIT_FUNCTIONS`, the table the models' rotary embeddings read;
 - the last entry of `hidden_states` is the final-normed state the output head reads.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -52,6 +56,14 @@ def set_layer_checkpointing(layer: nn.Module, enabled: bool) -> None:
 
 def layer_checkpointing(layer: nn.Module) -> bool:
     return bool(layer.gradient_checkpointing)
+
+
+def takes_logits_mask(model: nn.Module) -> bool:
+    """True where `model.forward` takes a boolean (batch, length) `logits_to_keep`."""
+    from transformers import modeling_utils
+
+    forward = inspect.signature(model.forward).parameters
+    return "logits_to_keep" in forward and hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def flash_attention_mask():

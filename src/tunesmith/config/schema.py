@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tunesmith.sizes import size_in_bytes
 
 # The chat templates built into tunesmith.data.templates (`auto`: the tokenizer's own).
 TEMPLATE_NAMES = (
@@ -121,9 +123,47 @@ class TrainConfig(_Part):
     # with gradient_checkpointing: checkpoint only the first N decoder layers (null = all);
     # each layer left out skips its recomputation and keeps its activations (~1.6 GiB at 7B, 4 x 2048)
     checkpoint_layers: int | None = Field(None, ge=0)
+    # with gradient_checkpointing, on CUDA: instead of checkpoint_layers, the GPU memory the run
+    # may use ("24GB", "22GiB", or auto = the card's memory less a margin); the first steps are
+    # measured and as few layers checkpointed as fit (optimizer state offloaded if even all do
+    # not). null: checkpoint_layers decides. Ignored, with a message, where there is no CUDA.
+    memory_budget: str | None = None
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     seed: int = 42
     deepspeed: str | None = None  # zero2 | zero3 | deepspeed_zero2 | ... | path.json
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _memory_budget_is_a_size(cls, value):
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return value if value is None else "auto"
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("write a size such as 24GB or 22GiB, or auto")
+        size_in_bytes(value)  # ValueError says what a size looks like
+        return str(value).strip()
+
+    @model_validator(mode="after")
+    def _one_way_to_limit_checkpointing(self):
+        if self.memory_budget is None:
+            return self
+        if self.checkpoint_layers is not None:
+            raise ValueError(
+                "train.memory_budget and train.checkpoint_layers both choose how many layers to "
+                "checkpoint: set one of them to null"
+            )
+        if not self.gradient_checkpointing:
+            raise ValueError(
+                "train.memory_budget chooses how many layers to checkpoint: it needs "
+                "train.gradient_checkpointing: true (or set memory_budget: null)"
+            )
+        return self
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        """The budget in bytes; None when unset or `auto` (the card decides, train/memory.py)."""
+        if self.memory_budget in (None, "auto"):
+            return None
+        return size_in_bytes(self.memory_budget)
 
 
 class RuntimeConfig(_Part):

@@ -13,29 +13,19 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers.utils.hub import convert_file_size_to_int
 
 from tunesmith.errors import UserError
+from tunesmith.sizes import size_in_bytes
 
 INDEX = "model.safetensors.index.json"
 
 
 def parse_size(text: str | int) -> int:
-    """'2GB' -> 2_000_000_000, read by transformers' own `convert_file_size_to_int` (the
-    `max_shard_size` of save_pretrained): GB = 10^9, GiB = 2^30, Gb = 10^9 bits; plain digits
-    are bytes."""
-    value = text.strip().replace(" ", "") if isinstance(text, str) else text
+    """`--max-shard-size` in bytes ('2GB' -> 2_000_000_000; units as `tunesmith.sizes`)."""
     try:
-        size = int(value) if isinstance(value, str) and value.isdigit() else None
-        if size is None:
-            size = convert_file_size_to_int(value)
-    except ValueError:
-        size = None
-    if size is None:
-        raise UserError(f"--max-shard-size '{text}' is not a size: write e.g. 2GB, 500MB or 1GiB")
-    if size < 1:
-        raise UserError(f"--max-shard-size '{text}' must be at least 1 byte")
-    return size
+        return size_in_bytes(text)
+    except ValueError as err:
+        raise UserError(f"--max-shard-size {err}") from None
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from peft.helpers import disable_input_dtype_casting
@@ -49,6 +49,7 @@ class Plan:
     liger: bool = False
     attention: str | None = None  # a new attn_implementation, None keeps the loaded one
     lora_inputs_in_autocast: bool = False  # no fp32 copy of LoRA inputs under autocast
+    trained_logits_only: bool = False  # the output head runs only where a label is trained
 
 
 def plan_for(
@@ -63,7 +64,7 @@ def plan_for(
     `sharded_weights` (ZeRO-3, FSDP2) keeps Liger off: see `optimize_for_training`."""
     packed_auto = cfg.model.attn_implementation == "auto" and cfg.data.pack_to_max_length
     if device_type != "cuda":
-        return Plan(attention=VARLEN if packed_auto else None)
+        return Plan(attention=VARLEN if packed_auto else None, trained_logits_only=True)
     dtype = _compute_dtype(cfg)
     use_liger = cfg.model.use_liger
     if use_liger is True and not liger_available:
@@ -73,20 +74,25 @@ def plan_for(
     attention = None
     if packed_auto and varlen_available:
         attention = VARLEN
+    liger = bool(use_liger) and liger_available and not sharded_weights
     return Plan(
         cast_frozen_to=dtype if dtype != torch.float32 else None,
-        liger=bool(use_liger) and liger_available and not sharded_weights,
+        liger=liger,
         attention=attention,
         lora_inputs_in_autocast=(
             cfg.lora is not None and not cfg.lora.use_dora and cfg.train.mixed_precision != "no"
         ),
+        trained_logits_only=not liger,  # Liger's fused loss never builds the logits at all
     )
 
 
 def training_plan(model: nn.Module, cfg, sharded_weights: bool = False) -> Plan:
     """`plan_for` the device `model` sits on and the kernels installed here."""
     device_type = next(model.parameters()).device.type
-    return plan_for(cfg, device_type, liger_available(), varlen_available(), sharded_weights)
+    plan = plan_for(cfg, device_type, liger_available(), varlen_available(), sharded_weights)
+    if plan.trained_logits_only and not hf_compat.takes_logits_mask(unwrap(model)):
+        plan = replace(plan, trained_logits_only=False)
+    return plan
 
 
 def optimize_for_training(
@@ -144,6 +150,23 @@ def lora_inputs_uncast(model: nn.Module, plan: Plan):
     LoRA layers already skip it. Outside the step (sampling in eval) the cast stays.
     """
     return disable_input_dtype_casting(model, active=plan.lora_inputs_in_autocast)
+
+
+def head_inputs(batch: dict, plan: Plan) -> dict:
+    """Forward kwargs that run the output head and the loss only where a label is trained.
+
+    With `plan.trained_logits_only`, positions whose next token carries no loss (prompts, system
+    prompts, padding: 63% of the identity data's positions) get no logits: transformers' boolean
+    `logits_to_keep` (batch, length) picks the hidden states, `shift_labels` the matching targets.
+    The loss (sum over trained tokens / num_items_in_batch) is the same; the head's matmul and
+    the (n, vocab) fp32 log-softmax shrink with the positions left out. {} otherwise.
+    """
+    if not plan.trained_logits_only or "labels" not in batch:
+        return {}
+    labels = batch["labels"]
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    keep = shifted != -100
+    return {"logits_to_keep": keep, "shift_labels": shifted[keep]}
 
 
 def cast_frozen_float32(model: nn.Module, dtype: torch.dtype) -> int:

@@ -129,8 +129,12 @@ def load_tokenizer(
 
 def fit_embeddings(model: PreTrainedModel, tokenizer) -> bool:
     """Resize the embeddings (and head) to the tokenizer when it has more tokens than the
-    model has rows (special tokens added); returns whether it did."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    model has rows (special tokens added); returns whether it did.
+
+    The row count is the module's `num_embeddings`, not its weight's shape: under DeepSpeed
+    ZeRO-3 the weight is this process's partition (shape [0]), and reading it resized every
+    model and trained the whole embeddings and head (seen on CPU, 2 processes)."""
+    rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) <= rows:
         return False
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -208,11 +208,11 @@ def check_strategy(
         return None
     name = strategy_name(strategy)
     _check_sharding(name, cfg, _launch_world_size(os.environ) if world_size is None else world_size)
-    if not (torch.cuda.is_available() if cuda is None else cuda):
+    if name != "fsdp2" and not (torch.cuda.is_available() if cuda is None else cuda):
         raise UserError(
-            f"--deepspeed {strategy} needs CUDA GPUs and none was found (accelerate runs DeepSpeed "
-            "and FSDP on GPUs only); on a CPU leave it unset: several processes (NPROC_PER_NODE=2) "
-            "then train with DDP"
+            f"--deepspeed {strategy} needs CUDA GPUs and none was found (DeepSpeed runs on GPUs "
+            "only); on a CPU leave it unset (several processes, NPROC_PER_NODE=2, then train with "
+            "DDP) or use fsdp2"
         )
     return name
 
@@ -221,11 +221,12 @@ def _check_sharding(name: str, cfg, world_size: int) -> None:
     """Refuse what the weight-sharding engines (ZeRO-3, FSDP2) cannot train, before any process
     starts or any model loads.
 
-    4-bit weights are stored as packed bytes, which neither engine can shard. LoRA under them
-    failed in the first step on H200s (2026-11-30, bench/gpu_accept.sh, docs/gpu.md): FSDP2 left
-    the frozen norm weights as DTensors (`aten.mul.Tensor got mixed torch.Tensor and DTensor`),
-    ZeRO-3 on 2 GPUs stopped on an AssertionError; full fine-tuning under FSDP2 passed. ZeRO-3
-    on one process runs without DeepSpeed (nothing to shard), so LoRA is allowed there.
+    4-bit weights are stored as packed bytes, which neither engine can shard. LoRA under ZeRO-3
+    on 2 GPUs stopped on an AssertionError in its first step (H200 x2, 2026-11-30,
+    bench/gpu_accept.sh, docs/gpu.md), not reproduced without GPUs: refused until the
+    acceptance run passes (`TUNESMITH_TRY_REFUSED=zero3` lets that run try it). ZeRO-3 on one process runs without DeepSpeed (nothing to shard), so
+    LoRA is allowed there. FSDP2 trains LoRA (its failure was the chat samples: see
+    `gather_weights_in_generate`).
     """
     shards_weights = name == "fsdp2" or ZERO_PRESETS.get(name, (0, False))[0] == 3
     if not shards_weights:
@@ -236,13 +237,22 @@ def _check_sharding(name: str, cfg, world_size: int) -> None:
             "bytes) do not allow: use zero2 or zero2_offload for QLoRA, or set "
             "quantization: null to train LoRA with it"
         )
-    if cfg.lora is not None and (name == "fsdp2" or world_size > 1):
+    if cfg.lora is not None and name != "fsdp2" and world_size > 1 and not _trying(name):
         raise UserError(
-            f"--deepspeed {name} with LoRA does not train yet (weight sharding of a peft model "
-            "failed in its first step on GPUs): use zero2 or zero2_offload, which shard the "
-            "optimizer state and gradients (a LoRA model's weights fit each GPU), or train "
-            f"method full with {name}"
+            f"--deepspeed {name} with LoRA on several processes does not train yet (DeepSpeed "
+            "ZeRO-3 stopped on an AssertionError in its first step on 2 GPUs): use fsdp2, which "
+            "shards the weights too, or zero2 / zero2_offload, which shard the optimizer state "
+            f"and gradients (a LoRA model's weights fit each GPU), or train method full with {name}"
         )
+
+
+# The GPU acceptance run (bench/gpu_accept.py) sets it to try a refused combination (zero3 /
+# zero3_offload with LoRA on several GPUs): its rows decide whether the refusal goes.
+TRY_REFUSED_ENV = "TUNESMITH_TRY_REFUSED"
+
+
+def _trying(name: str) -> bool:
+    return name in os.environ.get(TRY_REFUSED_ENV, "").split(",")
 
 
 def _launch_world_size(env: Mapping[str, str]) -> int:
@@ -279,6 +289,10 @@ def make_accelerator(cfg, deepspeed: str | None = None):
     # torch's own timeout comes a minute after CollectiveWatchdog's, which names rank and step
     timeout = timedelta(seconds=cfg.runtime.collective_timeout + 60)
     accelerator = Accelerator(**kwargs, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    if "fsdp_plugin" in kwargs and accelerator.device.type == "cpu":
+        from tunesmith.compat.accelerate import use_fsdp_on_cpu
+
+        use_fsdp_on_cpu(accelerator, kwargs["fsdp_plugin"])  # torch's FSDP2 over gloo
     if accelerator.device.type == "cuda":
         # "cuda" without an index (kernels, new tensors) means this process's GPU
         torch.cuda.set_device(accelerator.device)
@@ -304,6 +318,24 @@ def shards_weights(accelerator) -> bool:
     """True under ZeRO-3 and FSDP2: no process holds whole weights outside a forward."""
     engine = engine_name(accelerator)
     return engine == "fsdp2" or (engine or "").startswith("zero3")
+
+
+def gather_weights_in_generate(model, accelerator) -> None:
+    """Under FSDP2, let `model.generate` gather the sharded weights as `model(...)` does.
+
+    FSDP2 gathers a unit's weights in the forward hooks of the module it wraps, and the root
+    unit is the prepared model. A PeftModel's `generate` calls the inner transformers model's
+    forward, past the root's hooks, so the weights the root holds itself stay shards (seen:
+    `aten.mul.Tensor got mixed torch.Tensor and DTensor` in the final RMSNorm, H200 and CPU);
+    torch's `register_fsdp_forward_method` runs those hooks around `generate` too (the fix
+    transformers' Trainer applies, huggingface/transformers#42436). A full model's `generate`
+    calls its own forward, so registering changes nothing there.
+    """
+    if engine_name(accelerator) != "fsdp2" or not hasattr(model, "generate"):
+        return
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    register_fsdp_forward_method(model, "generate")
 
 
 class CollectiveWatchdog:

@@ -27,16 +27,23 @@ from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import Config
 from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
-from tunesmith.model.fast import lora_inputs_uncast, optimize_for_training, training_plan
+from tunesmith.model.fast import (
+    head_inputs,
+    lora_inputs_uncast,
+    optimize_for_training,
+    training_plan,
+)
 from tunesmith.model.generate import Generator
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import (
     CollectiveWatchdog,
     engine_name,
+    gather_weights_in_generate,
     make_accelerator,
     shards_weights,
 )
 from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
+from tunesmith.train.memory import CheckpointPlanner, auto_budget
 from tunesmith.train.metrics import MetricsLogger
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.plot import plot_loss
@@ -133,6 +140,7 @@ class TrainRecipe:
         self._setup_data()
         self.model = self._setup_model()
         self.optimizer, self.scheduler = self._setup_optimizer()
+        self.memory_planner = self._setup_memory_budget()
         self._setup_checkpointing()
 
         self.step, self.losses = 0, []
@@ -320,9 +328,37 @@ class TrainRecipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg.train)
         self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
+        gather_weights_in_generate(self.model, self.accelerator)  # chat samples under FSDP2
         # Not given to accelerate: its scheduler wrapper steps once per process.
         scheduler = build_scheduler(optimizer, self.total_steps, self.cfg.train.warmup_ratio)
         return optimizer, scheduler
+
+    def _setup_memory_budget(self) -> CheckpointPlanner | None:
+        """`train.memory_budget`: the planner that measures the first steps on CUDA and sets how
+        many layers stay checkpointed (train/memory.py); a printed note and None elsewhere."""
+        budget_text = self.cfg.train.memory_budget
+        if budget_text is None:
+            return None
+        if self.accelerator.device.type != "cuda":
+            if self.is_main:
+                print(
+                    f"train.memory_budget={budget_text} is ignored: no CUDA device "
+                    f"({self.accelerator.device.type}); every layer stays checkpointed"
+                )
+            return None
+        budget = self.cfg.train.memory_budget_bytes
+        if budget is None:  # auto
+            budget = auto_budget(
+                torch.cuda.get_device_properties(self.accelerator.device).total_memory
+            )
+        return CheckpointPlanner(
+            self.accelerator.unwrap_model(self.model),
+            self.optimizer,
+            budget,
+            budget_text,
+            say=lambda text: print(text, flush=True) if self.is_main else None,
+            can_offload=self.engine is None,  # DeepSpeed / FSDP2 own their optimizer state
+        )
 
     # ------------------------------------------------------------------ train
 
@@ -347,7 +383,12 @@ class TrainRecipe:
             while self.step < self.total_steps and stopping is None:
                 step_start = time.perf_counter()
                 watchdog.progress(f"step {self.step + 1}")
+                if self.memory_planner:
+                    self.memory_planner.before_step()
                 stats = self._train_step([next(data) for _ in range(accum)])
+                if self.memory_planner:
+                    self.memory_planner.after_step(round(stats.extra["peak_gib"] * 2**30))
+                    stats.extra["checkpointed_layers"] = self.memory_planner.checkpointed
                 self.step += 1
                 self.losses.append(stats.loss)
                 tokens += stats.tokens
@@ -435,7 +476,10 @@ class TrainRecipe:
             for batch in batches:
                 with acc.accumulate(model):
                     if self.objective is None:
-                        loss = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
+                        head = head_inputs(batch, self.plan)  # no logits where nothing is trained
+                        loss = model(
+                            **batch, use_cache=False, num_items_in_batch=n_items, **head
+                        ).loss
                     else:
                         loss, sums = self.objective(model, batch, n_items)
                         extra += sums
@@ -450,7 +494,12 @@ class TrainRecipe:
         check_finite(float(step_loss), self.step + 1, self.last_checkpoint)
         grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.train.max_norm)
         lr = self.scheduler.get_last_lr()[0]  # the lr this step runs at
+        offload = self.memory_planner and self.memory_planner.offload
+        if offload:
+            offload.restore()
         self.optimizer.step()
+        if offload:
+            offload.offload()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
