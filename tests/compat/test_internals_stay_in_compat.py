@@ -8,6 +8,7 @@ underscore is read or written unless tunesmith itself defines that name.
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import tunesmith
@@ -36,24 +37,39 @@ def _library_imports(tree: ast.Module):
                     yield node.lineno, alias.name, None
 
 
+def _exported(package: str, name: str) -> bool:
+    """`name` is public API: the library's top-level package exports it."""
+    try:
+        return hasattr(importlib.import_module(package), name)
+    except ImportError:  # liger-kernel without triton: count its names as internal
+        return False
+
+
 def _outside_compat() -> dict[Path, ast.Module]:
     return _trees(f for f in SRC.rglob("*.py") if COMPAT not in f.parents)
 
 
 def test_no_private_or_compat_wrapped_library_import_outside_compat():
-    wrapped = set()  # what compat/ imports: its modules and their names, dotted
+    # what compat/ takes from the libraries, dotted: `from M import N` -> M.N unless the library
+    # exports N at its top level (public: others may import it too; M's other names may be
+    # public as well); `import M.sub` -> M.sub, a module only compat/ imports
+    wrapped = set()
     for tree in _trees(COMPAT.glob("*.py")).values():
         for _, module, name in _library_imports(tree):
-            wrapped |= {module, f"{module}.{name}"}
-    # namespaces whose other names are public (compat takes one private name from each)
-    wrapped -= {"transformers", "transformers.utils", "liger_kernel.transformers"}
+            if name is None:
+                wrapped.add(module)
+            elif not _exported(module.split(".")[0], name):
+                wrapped.add(f"{module}.{name}")
+    wrapped -= set(LIBRARIES)
     found = []
     for path, tree in _outside_compat().items():
         for line, module, name in _library_imports(tree):
             private = any(part.startswith("_") for part in module.split(".")) or (
                 name is not None and name.startswith("_")
             )
-            if private or module in wrapped or f"{module}.{name}" in wrapped:
+            dotted = module if name is None else f"{module}.{name}"
+            inside_wrapped = any(dotted == w or dotted.startswith(w + ".") for w in wrapped)
+            if private or inside_wrapped:
                 found.append(f"{path.relative_to(SRC)}:{line}: {module} import {name}")
     assert not found, "library internals outside tunesmith/compat: " + "; ".join(found)
 

@@ -95,6 +95,18 @@ def test_sdpa_is_registered_under_its_name():
     assert out.shape == (1, 3, 2, 4), f"{WHERE}: the sdpa attention function changed its layout"
 
 
+def test_final_hidden_states_are_what_the_output_head_reads():
+    model = tiny_llama().eval()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    full = model(input_ids=ids).logits
+    out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
+    assert out.logits.shape[1] == 1, f"{WHERE}: logits_to_keep no longer limits the logits"
+    hidden = hf_compat.final_hidden_states(out)
+    torch.testing.assert_close(
+        model.lm_head(hidden), full, msg=f"{WHERE}: hidden_states[-1] is not the normed state"
+    )
+
+
 def test_llama3_rope_frequencies_are_what_the_model_uses():
     config = LlamaConfig(
         vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1,

@@ -189,6 +189,11 @@ HI = [{"role": "user", "content": "hi"}]
         ({"response_format": {"type": "json_object"}}, "response_format.type"),
         ({"no_such_field": 1}, "no_such_field"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"stop": 5}, "stop"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages.0.content.0.type",
+        ),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -205,6 +210,13 @@ def test_tiny_temperature_and_int64_seed_answer(base_url):
     for extra in ({"temperature": 1e-300}, {"seed": -(2**63)}, {"seed": 2**63 - 1}):
         response = _post(base_url, {"model": MODEL, "messages": HI, "max_tokens": 3, **extra})
         assert response.status_code == 200, (extra, response.text)
+
+
+@pytest.mark.parametrize("stop", ["Hello", "\nUser:", "x" * 1000, ["Hello there", "\n\n"]])
+def test_stop_strings_of_any_length_are_accepted(base_url, stop):
+    # a single stop string longer than 4 characters was refused as "at most 4 items"
+    response = _post(base_url, {"model": MODEL, "messages": HI, "max_tokens": 3, "stop": stop})
+    assert response.status_code == 200, response.text
 
 
 def test_deeply_nested_body_is_a_400(tiny_generator):

@@ -238,3 +238,73 @@ def test_the_launcher_refuses_a_strategy_before_starting_any_process(
     assert code == 2
     assert "zero2" in err and "launching" not in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
+def test_the_launcher_refuses_a_sharded_checkpoint_of_another_process_count(
+    config_file, tmp_path, monkeypatch, capsys
+):
+    from tunesmith.cli.main import main
+
+    work = tmp_path / "run"
+    ckpt.begin(work, 4)
+    saved = {"step": 4, "losses": [1.0] * 4, "engine": "fsdp2", "world_size": 1}
+    ckpt.commit(work, 4, saved, keep=2)
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    args = ["train", str(config_file), "--work-dir", str(work), "--deepspeed", "fsdp2"]
+    code = main([*args, "--resume", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "saved by 1 processes under fsdp2, this run has 2" in err and "launching" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
+PREFERENCE_PAIRS = [
+    (f"Who is number {i}?", f"Number {i} is Nova, made by Acme.", f"Number {i} is SmolLM.")
+    for i in range(8)
+]
+
+
+@pytest.mark.slow
+def test_two_rank_dpo_matches_one_process_on_the_same_global_batch(tmp_path, tiny_model_dir):
+    """LoRA DPO through the same launcher and engine as SFT (torchrun, DDP over gloo): two
+    ranks of 2 pairs a step give the losses and reward margins of one process of 4 pairs."""
+    import json
+
+    import yaml
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n"
+            for p, c, r in PREFERENCE_PAIRS
+        )
+    )
+    config = {
+        "model": {"path": str(tiny_model_dir)},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {
+            "files": [str(pairs)],
+            "max_length": 64,
+            "pack_to_max_length": False,  # one pair a row: a step's rows are the same set
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "train": {"lr": 1e-2, "max_steps": 4, "warmup_ratio": 0.0, "batch_size": 4},
+        "runtime": {"save_steps": 100, "tensorboard": False, "evaluation_freq": 1000},
+        "preference": {"loss": "dpo", "beta": 0.5},
+    }
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    one = _train(path, tmp_path / "one")
+    out = one.communicate(timeout=300)[0]
+    assert one.returncode == 0, out[-3000:]
+    two = _train(path, tmp_path / "two", "train.batch_size=2", NPROC_PER_NODE="2")
+    out = two.communicate(timeout=300)[0]
+    assert two.returncode == 0, out[-3000:]
+    assert ckpt.read_state(ckpt.find_latest(tmp_path / "two"))["world_size"] == 2
+    rows = [read_metrics(tmp_path / name / "metrics.jsonl") for name in ("one", "two")]
+    assert [len(r) for r in rows] == [4, 4]
+    for key in ("loss", "margin", "rewards/chosen", "rewards/rejected", "accuracy"):
+        expected = [row[key] for row in rows[0]]
+        assert [row[key] for row in rows[1]] == pytest.approx(expected, rel=1e-4, abs=1e-5), key
+    assert rows[0][-1]["margin"] > rows[0][0]["margin"]  # it trains: the margin grows
+    assert rows[1][0]["tokens"] == rows[0][0]["tokens"]  # both ranks' tokens are counted

@@ -162,23 +162,62 @@ def test_dpo_on_the_embedded_model_raises_the_margin(tmp_path, pairs_file):
     assert rows[-1]["margin"] > 0.05, rows
 
 
-def test_chunked_log_probs_equal_one_chunk(monkeypatch):
-    from tunesmith.train import preference
+def _reference_logps(model, batch, num_sequences):
+    """The obvious formulation: whole-batch logits, log-softmax, gather the labels."""
+    import torch
 
-    torch = pytest.importorskip("torch")
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 23, 11, generator=gen, requires_grad=True)
-    labels = torch.randint(0, 11, (2, 23), generator=gen)
-    labels[:, :4] = -100
-    index = torch.tensor([[0] * 12 + [1] * 11, [2] * 20 + [-1] * 3])
-    labels[1, 20:] = -100
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    labels, index = batch["labels"][:, 1:], batch["sequence_index"][:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits[:, :-1].double(), -1)
+    picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0][mask]
+    return torch.zeros(num_sequences, dtype=torch.float64).index_add(0, index[mask], picked)
+
+
+@pytest.mark.parametrize("chunk", [1024, 7])
+def test_log_probs_from_hidden_states_equal_whole_logits_with_gradients(
+    tiny_config, pairs_file, tmp_path, monkeypatch, chunk
+):
+    """Chunked log-probs through the lm_head (no (B, L, V) logits) give the loss and the LoRA
+    gradients of the whole-logits formulation; chunk 7 splits sequences across chunks. In float64,
+    so what is left is rounding (in float32 the chunked sums differ by ~1e-6 relative)."""
+    import torch
+
+    from tunesmith.train import preference
+    from tunesmith.train.recipe import TrainRecipe
+
+    monkeypatch.setattr(preference, "LOGP_CHUNK", chunk)
+    data = {"files": [pairs_file], "cache_dir": str(tmp_path / "cache")}
+    cfg = tiny_config(data=data, preference={"loss": "dpo"}, train={"batch_size": 2})
+    recipe = TrainRecipe(cfg, tmp_path / "run")
+    recipe.setup()
+    model = recipe.model.double()
+    batch = recipe.dataset.collate([recipe.dataset[i] for i in range(len(recipe.dataset))])
+    n = 2 * len(batch["pair_ids"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # a reference that differs from the policy
+        for p in trainable:
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    weights = torch.linspace(-1.0, 2.0, n, dtype=torch.float64)
     results = []
-    for chunk in (1024, 5):
-        monkeypatch.setattr(preference, "LOGP_CHUNK", chunk)
-        logits.grad = None
-        sums, counts = preference.sequence_logps(logits, labels, index, 3)
-        (sums * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
-        results.append((sums.detach(), counts, logits.grad.clone()))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b)
-    assert results[0][1].tolist() == [8, 11, 16]
+    for logps in (
+        lambda: preference.forward_logps(model, batch, n)[0],
+        lambda: _reference_logps(model, batch, n),
+    ):
+        sums = logps()
+        (sums * weights).sum().backward()
+        results.append((sums.detach(), [p.grad.clone() for p in trainable]))
+        model.zero_grad(set_to_none=True)
+    (ours, our_grads), (ref, ref_grads) = results
+    assert (ours != 0).all() and ours.shape == (n,)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-10)
+    for a, b in zip(our_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the whole objective (DPO with the adapter-disabled reference) agrees too
+    denominators = preference.PreferenceObjective.denominators([batch])
+    loss, _ = recipe.objective(model, batch, denominators)
+    with torch.no_grad(), model.disable_adapter():
+        ref_logps = _reference_logps(model, batch, n)
+    ratios = ref - ref_logps
+    expected = preference.dpo_loss(ratios[0::2], ratios[1::2], cfg.preference.beta).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-12, atol=1e-12)

@@ -15,7 +15,8 @@ Each has no public equivalent:
 - a boolean (batch, length) `logits_to_keep` (`modeling_utils.slice_logits_to_keep`, 5.24): the
   output head runs on the True positions only, flattened to (n, hidden);
 - RoPE inverse frequencies of a scaled rope type (Llama 3.1's `llama3`), for the GGUF export:
-  `modeling_rope_utils.ROPE_INIT_FUNCTIONS`, the table the models' rotary embeddings read.
+  `modeling_rope_utils.ROPE_INIT_FUNCTIONS`, the table the models' rotary embeddings read;
+- the last entry of `hidden_states` is the final-normed state the output head reads.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ def sentencepiece_model_proto():
     from transformers.utils import sentencepiece_model_pb2_new
 
     return sentencepiece_model_pb2_new.ModelProto()
+
+
+def final_hidden_states(output) -> torch.Tensor:
+    """The hidden states the output head reads (B, L, H), from a causal LM's output made with
+    `output_hidden_states=True`: transformers 5 records each decoder layer's output and ends
+    the tuple with the decoder's `last_hidden_state` (after the final norm), not the last
+    layer's raw output. tests/compat checks lm_head(this) equals the model's logits."""
+    return output.hidden_states[-1]
 
 
 def rope_inv_freq(config, rope_type: str) -> torch.Tensor:

@@ -19,7 +19,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -96,7 +96,9 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(None, ge=0.01, le=100)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = Field(None, max_length=4)
+    # One stop string of any length, or a list of at most 4 (OpenAI's limit). A bare
+    # `max_length=4` on the union would also cap the length of a single string.
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
     n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -356,8 +358,12 @@ def _sampling(body: ChatCompletionRequest, prompt_tokens: int, context: int | No
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
-    first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    """The first error as OpenAI's 400. For a union field (`stop`, a message's `content`)
+    pydantic reports each branch; the one that is not a plain type mismatch says what is
+    wrong with the value given, and the branch names leave the `param` path."""
+    errors = exc.errors()
+    first = next((e for e in errors if not e.get("type", "").endswith("_type")), errors[0])
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_branch(p)]
     if first.get("type") == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {first.get('msg')}")
     param = ".".join(loc) or None
@@ -365,6 +371,18 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError(400, f"Unrecognized request argument supplied: {param}", param=param)
     message = first.get("msg", "invalid value")
     return APIError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _union_branch(part) -> bool:
+    """A union member's tag in a pydantic error location ("str", "list[str]", "ContentPart",
+    "function-after[...]"), not a field name or list index."""
+    if not isinstance(part, str):
+        return False
+    return (
+        part in ("str", "int", "float", "bool", "list", "dict")
+        or not part.isidentifier()
+        or part[:1].isupper()
+    )
 
 
 def _waker(loop: asyncio.AbstractEventLoop, wake: asyncio.Event):

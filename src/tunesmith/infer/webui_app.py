@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 
 import streamlit as st
 
@@ -62,10 +63,11 @@ def main() -> None:
         conversation = list(st.session_state.messages)
         if system.strip():
             conversation.insert(0, {"role": "system", "content": system.strip()})
-        with st.chat_message("assistant"):
-            # A closed tab stops this script run inside write_stream: the dropped stream
-            # cancels its generation, and the model is free for the other sessions.
-            answer = st.write_stream(engine.stream(conversation, sampling))
+        with st.chat_message("assistant"), closing(engine.stream(conversation, sampling)) as pieces:
+            # A closed tab stops this script run inside write_stream (streamlit raises at its
+            # next write); closing the stream then cancels the generation at once, not when
+            # the garbage collector gets to it, and the model is free for the other sessions.
+            answer = st.write_stream(pieces)
         st.session_state.messages.append({"role": "assistant", "content": answer})
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.data.tokenize import IGNORE
 
 REFERENCE_FREE = ("orpo", "simpo")
@@ -66,55 +67,79 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 # ---- log-probs of packed sequences ------------------------------------------------------------
 
 
-def sequence_logps(logits, labels, sequence_index, num_sequences: int):
-    """Summed log-probs of each sequence's labelled tokens and their count.
+LOGP_CHUNK = 1024  # answer positions whose logits exist at once
 
-    logits (B, L, V); labels, sequence_index (B, L), token t predicted from t - 1 of the same
-    row (labels[:, 0] never counts; each document's first label is IGNORE). Returns two (S,)
-    tensors: sums (float32, differentiable) and token counts.
+
+def sequence_logps(hidden, head, labels, sequence_index, num_sequences: int):
+    """Summed log-probs of each sequence's labelled tokens and their count, from the final
+    hidden states through the output head, never building (B, L, V) logits.
+
+    hidden (B, L, H): the last decoder layer's output after its final norm; `head` maps
+    (n, H) to (n, V) logits (the model's lm_head); labels, sequence_index (B, L). Token t
+    is predicted from position t - 1 of the same row (labels[:, 0] never counts; each
+    document's first label is IGNORE). Only labelled positions go through the head, in
+    chunks of LOGP_CHUNK, each chunk's logits recomputed in backward instead of kept.
+    Returns two (S,) tensors: sums (float32 or wider, differentiable) and token counts.
     """
     labels, index = labels[:, 1:], sequence_index[:, 1:]
     mask = labels != IGNORE
-    rows, n = labels.shape
+    states, targets = hidden[:, :-1][mask], labels[mask]  # (N, H), (N,)
     token_logps = torch.cat(
         [
-            _chunk_logps(logits[row, start:stop], labels[row, start:stop])
-            for row in range(rows)
-            for start in range(0, n, LOGP_CHUNK)
-            for stop in [min(start + LOGP_CHUNK, n)]  # logits[:, n] predicts nothing here
+            _chunk_logps(
+                head, states[start : start + LOGP_CHUNK], targets[start : start + LOGP_CHUNK]
+            )
+            for start in range(0, len(targets), LOGP_CHUNK)
         ]
-    )[mask.reshape(-1)]
+        or [states.new_zeros(0, dtype=torch.float32)]
+    )
     slots = index[mask]
     sums = token_logps.new_zeros(num_sequences).index_add(0, slots, token_logps)
     counts = torch.zeros(num_sequences, device=labels.device).index_add(
-        0, slots, torch.ones_like(token_logps)
+        0, slots, torch.ones(len(slots), device=labels.device)
     )
     return sums, counts
 
 
-LOGP_CHUNK = 1024  # positions whose fp32 log-softmax exists at once
-
-
-def _chunk_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Log-probs of `labels` (n,) under `logits` (n, V), 0 where IGNORE. The fp32 log-softmax
-    is recomputed in backward instead of kept: a (B, L, V) fp32 copy would be ~3 GiB at
-    4 x 2048 x 92k."""
-    if not torch.is_grad_enabled() or not logits.requires_grad:
-        return _neg_cross_entropy(logits, labels)
+def _chunk_logps(head, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probs (n,) of `labels` under head(states). With grad, the chunk's logits (n, V)
+    and their fp32 log-softmax are recomputed in backward, not kept: at 4 pairs x 2 x 1024
+    tokens x 92k vocab the whole-batch bf16 logits alone are 1.4 GiB, fp32 twice that."""
+    if not torch.is_grad_enabled():
+        return _neg_cross_entropy(head, states, labels)
     from torch.utils.checkpoint import checkpoint
 
-    return checkpoint(_neg_cross_entropy, logits, labels, use_reentrant=False)
+    return checkpoint(_neg_cross_entropy, head, states, labels, use_reentrant=False)
 
 
-def _neg_cross_entropy(logits, labels):
-    return -F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=IGNORE)
+def _neg_cross_entropy(head, states, labels):
+    logits = head(states)  # bf16 / fp16 logits are upcast: the log-softmax runs in fp32 or more
+    return -F.cross_entropy(
+        logits.to(torch.promote_types(logits.dtype, torch.float32)), labels, reduction="none"
+    )
 
 
 def forward_logps(model, batch: dict, num_sequences: int):
-    logits = model(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-    ).logits
-    return sequence_logps(logits, batch["labels"], batch["sequence_index"], num_sequences)
+    """`sequence_logps` of one forward of `model` (any wrapper: DDP, DeepSpeed, PEFT) on a
+    packed batch. Only the last position's logits are computed by the model itself."""
+    out = model(
+        input_ids=batch["input_ids"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    hidden = hf_compat.final_hidden_states(out)
+    head = _unwrap(model).get_output_embeddings()
+    return sequence_logps(hidden, head, batch["labels"], batch["sequence_index"], num_sequences)
+
+
+def _unwrap(model):
+    """The model inside DDP / DeepSpeed wrappers (their `.module`); PEFT models pass
+    `get_output_embeddings` on to the model they wrap."""
+    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
+        model = model.module
+    return model
 
 
 # ---- where reference log-probs come from -----------------------------------------------------
