@@ -240,6 +240,24 @@ def test_the_launcher_refuses_a_strategy_before_starting_any_process(
     assert len([line for line in err.splitlines() if line.strip()]) == 1
 
 
+def test_the_launcher_refuses_a_sharded_checkpoint_of_another_process_count(
+    config_file, tmp_path, monkeypatch, capsys
+):
+    from tunesmith.cli.main import main
+
+    work = tmp_path / "run"
+    ckpt.begin(work, 4)
+    saved = {"step": 4, "losses": [1.0] * 4, "engine": "fsdp2", "world_size": 1}
+    ckpt.commit(work, 4, saved, keep=2)
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    args = ["train", str(config_file), "--work-dir", str(work), "--deepspeed", "fsdp2"]
+    code = main([*args, "--resume", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "saved by 1 processes under fsdp2, this run has 2" in err and "launching" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
 PREFERENCE_PAIRS = [
     (f"Who is number {i}?", f"Number {i} is Nova, made by Acme.", f"Number {i} is SmolLM.")
     for i in range(8)

@@ -51,7 +51,12 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from tunesmith.config.loader import config_name, load_config
-    from tunesmith.train.distributed import LAUNCHED_ENV, check_strategy, maybe_relaunch_distributed
+    from tunesmith.train.distributed import (
+        LAUNCHED_ENV,
+        check_resume_world_size,
+        check_strategy,
+        maybe_relaunch_distributed,
+    )
 
     overrides = collect_overrides(args)
     if args.seed is not None:
@@ -59,7 +64,12 @@ def run(args) -> int:
     if args.deepspeed:
         overrides.append(f"train.deepspeed={args.deepspeed}")
     cfg = load_config(args.config, overrides)
-    check_strategy(cfg)  # before a launcher starts processes that would each fail alone
+    work_dir = (
+        args.work_dir or cfg.runtime.work_dir or str(Path("work_dirs") / config_name(args.config))
+    )
+    # before a launcher starts processes that would each fail alone
+    check_strategy(cfg)
+    check_resume_world_size(args.resume, work_dir)
     if args.master_port is not None:
         os.environ["PORT"] = str(args.master_port)
     code = maybe_relaunch_distributed(sys.argv[1:])
@@ -68,9 +78,6 @@ def run(args) -> int:
 
     from tunesmith.train.recipe import TrainRecipe
 
-    work_dir = (
-        args.work_dir or cfg.runtime.work_dir or str(Path("work_dirs") / config_name(args.config))
-    )
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"work_dir": work_dir})})
     recipe = TrainRecipe(cfg, work_dir, resume=args.resume)
     recipe.setup()

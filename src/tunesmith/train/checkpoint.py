@@ -204,13 +204,21 @@ def check_engine(state: dict, engine: str | None, world_size: int, ckpt: Path) -
             f"{ckpt} has no state/ folder (written by an older tunesmith): it cannot be resumed; "
             f"export its weights with `tunesmith convert pth_to_hf` or start a new run"
         )
-    saved_engine, saved_world = state.get("engine"), state.get("world_size", 1)
+    saved_engine = state.get("engine")
     if saved_engine != engine:
         raise UserError(
             f"{ckpt} was saved under {saved_engine or 'no engine (single process / DDP)'}, this "
             f"run uses {engine or 'none (single process / DDP)'}: their optimizer states differ; "
             f"resume with --deepspeed {saved_engine or 'unset'}, or start a new run"
         )
+    check_world_size(state, world_size, ckpt)
+
+
+def check_world_size(state: dict, world_size: int, ckpt: Path) -> None:
+    """A ZeRO / FSDP2 checkpoint resumes only on the number of processes that wrote it (its
+    optimizer state is sharded per process). Also checked by the launcher before it starts
+    any process, so the refusal is one line, not one per worker."""
+    engine, saved_world = state.get("engine"), state.get("world_size", 1)
     if engine and saved_world != world_size:
         raise UserError(
             f"{ckpt} was saved by {saved_world} processes under {engine}, this run has "

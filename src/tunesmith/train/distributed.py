@@ -217,6 +217,17 @@ def check_strategy(
     return name
 
 
+def check_resume_world_size(resume: str | None, work_dir: str | Path) -> None:
+    """In the launcher, before any process starts: a sharded checkpoint that `--resume` names
+    (or `auto` finds) must be resumed by as many processes as wrote it (exit 2, one line;
+    otherwise every worker would fail alone and torchrun exit 1)."""
+    from tunesmith.train import checkpoint as ckpt
+
+    path = ckpt.resolve_resume(resume, work_dir) if resume else None
+    if path is not None:
+        ckpt.check_world_size(ckpt.read_state(path), _launch_world_size(os.environ), path)
+
+
 def _check_sharding(name: str, cfg, world_size: int) -> None:
     """Refuse what the weight-sharding engines (ZeRO-3, FSDP2) cannot train, before any process
     starts or any model loads.
