@@ -1,6 +1,7 @@
 """CPU training speed: tunesmith (packed rows) against a plain transformers + peft loop (padded).
 
     python bench/cpu_train.py [--samples 96] [--batch-size 8] [--max-length 512] [--threads 2]
+                              [--ablate-head]
 
 Both train `smollm2-135m-instruct` (the embedded model, fp32) with the same LoRA (r 16,
 alpha 32, all decoder linears, no dropout) and AdamW, on the same identity-style samples
@@ -22,6 +23,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,12 +40,17 @@ def make_samples(n: int) -> list[dict]:
     return records[:n]
 
 
-def tunesmith_steps(samples: list[dict], args, work: Path) -> Iterator[tuple[int, float]]:
-    """tunesmith's recipe (packed rows): yields (real tokens, loss) per optimizer step."""
+def tunesmith_steps(
+    samples: list[dict], args, work: Path, full_head: bool = False
+) -> Iterator[tuple[int, float]]:
+    """tunesmith's recipe (packed rows): yields (real tokens, loss) per optimizer step.
+
+    `full_head`: the output head over every position, as before `fast.head_inputs` (ablation)."""
     from tunesmith.config.schema import Config
     from tunesmith.data.identity import write_jsonl
     from tunesmith.train.recipe import TrainRecipe
 
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "identity.jsonl"
     write_jsonl(samples, data)
     cfg = Config.model_validate(
@@ -63,6 +70,8 @@ def tunesmith_steps(samples: list[dict], args, work: Path) -> Iterator[tuple[int
     )
     recipe = TrainRecipe(cfg, work / "run")
     recipe.setup()
+    if full_head:
+        recipe.plan = replace(recipe.plan, trained_logits_only=False)
     # the loop body of TrainRecipe.train, one optimizer step at a time
     batches = recipe._micro_batches(start=0)
     for _ in range(recipe.total_steps):
@@ -119,6 +128,9 @@ def run_alternating(runs: dict[str, Iterator]) -> dict[str, list]:
                 del live[name]
                 continue
             timings[name].append((*_since(start), tokens, loss))
+            wall, cpu = timings[name][-1][:2]
+            print(f"step {len(timings[name]):>3} {name:30} {tokens:>5} tokens {wall:6.2f} s "
+                  f"{cpu:6.2f} CPU-s  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     return timings
 
 
@@ -154,6 +166,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="baseline samples per step")
     parser.add_argument("--max-length", type=int, default=512, help="tunesmith packed row length")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--ablate-head", action="store_true",
+        help="a third run: tunesmith with the output head over every position",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -164,20 +180,29 @@ def main() -> None:
             names[0]: tunesmith_steps(samples, args, Path(tmp)),
             names[1]: plain_steps(samples, args),
         }
+        if args.ablate_head:
+            ablated = "tunesmith (packed, full head)"
+            steps[ablated] = tunesmith_steps(samples, args, Path(tmp) / "ablated", full_head=True)
         timings = run_alternating(steps)
     packed, plain = (_rate(name, timings[name], len(samples)) for name in names)
+    others = [_rate(name, timings[name], len(samples)) for name in timings if name not in names]
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"load average {load}, torch {torch.__version__}")  # fmt: skip
     print(f"{'run':30} {'steps':>5} {'samples':>7} {'tokens':>7} {'step s':>8} "
           f"{'tokens/s':>9} {'tokens/CPU-s':>12}")  # fmt: skip
-    for r in (packed, plain):
+    for r in (packed, plain, *others):
         print(f"{r['name']:30} {r['steps']:>5} {r['samples']:>7} {r['tokens']:>7} "
               f"{r['seconds']:>8.1f} {r['tokens_per_s']:>9.0f} {r['tokens_per_cpu_s']:>12.0f}")  # fmt: skip
     print(
         f"packing speed-up: {packed['tokens_per_s'] / plain['tokens_per_s']:.2f}x wall-clock, "
         f"{packed['tokens_per_cpu_s'] / plain['tokens_per_cpu_s']:.2f}x per CPU-second"
     )
+    for r in others:
+        print(
+            f"{packed['name']} / {r['name']}: {packed['tokens_per_s'] / r['tokens_per_s']:.2f}x "
+            f"wall-clock, {packed['tokens_per_cpu_s'] / r['tokens_per_cpu_s']:.2f}x per CPU-second"
+        )
 
 
 if __name__ == "__main__":

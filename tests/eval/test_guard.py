@@ -68,14 +68,18 @@ def test_guard_adds_ratio_general_records_per_identity_record(tmp_path, fake_bas
     assert len(cfg.data.files) == 2
     mix = [json.loads(line) for line in open(cfg.data.files[1].path)]
     assert len(mix) == 10  # 0.5 x (10 records x repeat 2)
-    asked = [p for p in general.load_general_prompts() if p not in general.load_references()]
-    # the identity records are English: the mix cycles through the English answers only
+    prompts, references = general.load_general_prompts(), general.load_references()
+    asked = [p for p in prompts if p not in references]
+    # the identity records are English: the mix cycles through the English answers only,
+    # the base's (3 here) and then the written references
+    english = [f"answer to {p}" for p in asked[:3]]
+    english += [references[p] for p in prompts if p in references and p.isascii()]
     assert [r["conversation"][0]["output"] for r in mix] == [
-        f"answer to {asked[i % 3]}" for i in range(10)
+        english[i % len(english)] for i in range(10)
     ]
 
 
-def test_shipped_references_replace_the_base_for_chinese_prompts(tmp_path, monkeypatch):
+def test_shipped_references_replace_the_base_where_it_cannot_answer(tmp_path, monkeypatch):
     asked = []
 
     def fake_distill(lm, prompts, max_new_tokens):
@@ -87,7 +91,10 @@ def test_shipped_references_replace_the_base_for_chinese_prompts(tmp_path, monke
     records = general.base_answers(_cfg(tmp_path), tmp_path / "work")
     references = general.load_references()
     assert len(references) >= 20
-    assert all(any("\u4e00" <= c <= "\u9fff" for c in p) for p in references)
+    prompts = general.load_general_prompts()
+    assert set(references) <= set(prompts)
+    # the base answers Chinese prompts in English or by echoing them: every one has a reference
+    assert all(p in references for p in prompts if any("\u4e00" <= c <= "\u9fff" for c in p))
     assert not set(asked) & set(references)
     assert [r["conversation"][0]["input"] for r in records] == list(references)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import unicodedata
 
+from tunesmith.data.general import load_general_prompts
 from tunesmith.data.identity import generate_identity, identity_questions
 from tunesmith.eval.identity import load_questions
+from tunesmith.eval.retention import load_prompts
 
 
 def _normalise(text: str) -> str:
@@ -50,3 +52,18 @@ def test_no_eval_question_contains_a_training_question():
 def test_normalising_ignores_case_and_punctuation():
     assert _normalise("Who are you?") == _normalise("who  are YOU")
     assert _normalise("你是谁？") == _normalise("你是谁?")
+
+
+def _retention_prompts() -> set[str]:
+    prompts = load_prompts()
+    return {f["prompt"] for f in prompts["facts"]} | set(prompts["general"])
+
+
+def test_guard_prompts_are_not_eval_prompts():
+    # the forgetting guard trains on these; the retention and leakage evals ask the others
+    guard = {_normalise(p) for p in load_general_prompts()}
+    held_out = {_normalise(p) for p in _retention_prompts()}
+    held_out |= {_normalise(q.question) for q in load_questions()}
+    assert guard.isdisjoint(held_out)
+    contained = [(g, h) for g in guard for h in held_out if len(g) >= 6 and (g in h or h in g)]
+    assert contained == []

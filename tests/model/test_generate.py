@@ -50,6 +50,26 @@ def test_left_padded_batch_answers_equal_one_by_one_answers(tiny_generator):
     ]
 
 
+def test_batched_answer_logprobs_equal_one_by_one_scores(tiny_generator):
+    answers = ["Hello there.", "Paris, because it is the capital.", "4", ""]
+    batched = tiny_generator.answer_logprobs(QUESTIONS, answers, batch_size=3)
+    alone = [
+        tiny_generator.answer_logprobs([q], [a])[0] for q, a in zip(QUESTIONS, answers, strict=True)
+    ]
+    assert [n for _, n in batched] == [n for _, n in alone]
+    assert batched[-1] == (0.0, 0)
+    assert batched[1][1] > batched[0][1] > 0
+    for (got, _), (want, _) in zip(batched, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-3)
+    # the score is the answer's log-likelihood: its tokens, scored after the prompt
+    prefix = tiny_generator.prompt_ids([{"role": "user", "content": QUESTIONS[0]}])
+    target = tiny_generator.tokenizer(answers[0], add_special_tokens=False)["input_ids"]
+    logits = tiny_generator.model(input_ids=torch.tensor([prefix + target])).logits[0]
+    logp = torch.log_softmax(logits[len(prefix) - 1 : -1].float(), dim=-1)
+    want = float(logp[torch.arange(len(target)), torch.tensor(target)].sum())
+    assert batched[0][0] == pytest.approx(want, abs=1e-3)
+
+
 def test_seed_makes_sampling_reproducible(tiny_generator):
     def sample(seed):
         sampling = Sampling(temperature=1.5, top_p=1.0, top_k=0, max_new_tokens=16, seed=seed)

@@ -416,24 +416,43 @@ class Generator:
         prompts: Sequence[str],
         answers: Sequence[str],
         system: str | None = None,
+        batch_size: int = 8,
         desc: str = "scoring",
     ) -> list[tuple[float, int]]:
-        """(sum of log-probabilities in nats, token count) of each answer given its prompt."""
+        """(sum of log-probabilities in nats, token count) of each answer given its prompt,
+        scored `batch_size` rows per forward pass (right-padded: the padding comes after every
+        scored token, so it changes no result)."""
         system_turn = [{"role": "system", "content": system}] if system else []
-        results = []
-        pairs = list(zip(prompts, answers, strict=True))
-        for prompt, answer in tqdm(pairs, desc=desc, unit="q", leave=False):
+        rows = []  # (prompt ids + answer ids, prompt length, answer length)
+        for prompt, answer in zip(prompts, answers, strict=True):
             prefix = self.prompt_ids([*system_turn, {"role": "user", "content": prompt}])
             target = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            if not target:
-                results.append((0.0, 0))
-                continue
-            ids = torch.tensor([prefix + target], device=self.device)
-            with self._lock:
-                logits = self.model(input_ids=ids, use_cache=False).logits
-            logp = torch.log_softmax(logits[0, len(prefix) - 1 : -1].float(), dim=-1)
-            picked = logp.gather(1, torch.tensor(target, device=self.device)[:, None])
-            results.append((float(picked.sum()), len(target)))
+            rows.append((prefix + target, len(prefix), len(target)))
+        results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        scored = sorted((i for i, r in enumerate(rows) if r[2]), key=lambda i: -len(rows[i][0]))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        with tqdm(total=len(scored), desc=desc, unit="q", leave=False) as bar:
+            for start in range(0, len(scored), batch_size):
+                idx = scored[start : start + batch_size]
+                width = len(rows[idx[0]][0])
+                ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in idx])
+                mask = torch.tensor(
+                    [[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in idx]
+                )
+                with self._lock:
+                    logits = self.model(
+                        input_ids=ids.to(self.device),
+                        attention_mask=mask.to(self.device),
+                        use_cache=False,
+                    ).logits
+                for b, i in enumerate(idx):
+                    ids_i, n_prefix, n_target = rows[i]
+                    logp = torch.log_softmax(
+                        logits[b, n_prefix - 1 : len(ids_i) - 1].float(), dim=-1
+                    )
+                    target = torch.tensor(ids_i[n_prefix:], device=self.device)
+                    results[i] = (float(logp.gather(1, target[:, None]).sum()), n_target)
+                bar.update(len(idx))
         return results
 
     # ------------------------------------------------------------------ streams
