@@ -348,7 +348,7 @@ print("generated", out.shape[1] - ids.shape[1])
 """
 
 
-@pytest.mark.slow  # a process each: 60 s on 2 cores shared with other runs, ~15 s alone
+@pytest.mark.slow  # a process each: 60 s each, measured on 2 cores shared with other runs
 @pytest.mark.parametrize("how", ["registered", "plain"])
 def test_fsdp2_peft_generate_gathers_the_root_units_weights(tiny_model_dir, how):
     import os
