@@ -13,7 +13,7 @@ the step time. Both ways must give the same loss; the difference in peak memory 
 the (B, L, V) logits and their fp32 copies cost.
 
 - `before`: `model(...).logits` for the whole batch, then the fp32 log-softmax per 1,024
-  positions, recomputed in backward (the code before 2026-11-30 23:xx);
+  positions, recomputed in backward (the code before commit 70456be, 2026-11-30);
 - `now`: `forward_logps` (hidden states, labelled positions only, `LOGP_CHUNK` at a time).
 """
 

@@ -102,6 +102,11 @@ def test_planner_measures_all_then_all_but_two_and_applies_the_choice():
     assert len(said) == 2
 
 
+def test_planner_refuses_a_model_without_decoder_layers():
+    with pytest.raises(ValueError, match="found none"):
+        memory.CheckpointPlanner(torch.nn.Linear(2, 2), None, GIB, "1GiB", say=print)
+
+
 def test_planner_refuses_a_model_without_checkpointing():
     model = _checkpointed_llama(2)
     model.model.layers[1].gradient_checkpointing = False
@@ -191,3 +196,28 @@ def test_memory_budget_without_cuda_is_ignored_out_loud(
     assert recipe.memory_planner is None and result.step == 2
     layers = memory.hf_compat.checkpointed_layers(recipe.model)
     assert layers and all(layer.gradient_checkpointing for layer in layers)
+
+
+def test_recipe_runs_the_planner_around_its_steps(tiny_config, tmp_path, toy_dataset, capsys):
+    """The recipe's wiring, CUDA's peaks faked: steps 1-3 measured, the choice applied from
+    step 4 and logged per step in metrics.jsonl."""
+    import json
+
+    from tunesmith.train.recipe import TrainRecipe
+
+    cfg = tiny_config(train={"gradient_checkpointing": True, "max_steps": 5})
+    recipe = TrainRecipe(cfg, tmp_path / "run", dataset=toy_dataset)
+    recipe.setup()
+    peaks = iter([5.0, 3.0, 3.5, 3.2, 3.2])  # GiB; 2 layers: 0.25 GiB a layer
+    recipe._peak_memory = lambda: {"peak_gib": next(peaks)}
+    recipe.memory_planner = memory.CheckpointPlanner(
+        recipe.model, recipe.optimizer, budget=round(3.4 * GIB), budget_text="3.4GiB",
+        say=print, reset_peak=lambda: None,
+    )  # fmt: skip
+    recipe.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    # 3.4 GiB less 3% = 3.298: 3.0 + 0.25 fits (1 of 2 checkpointed), 3.5 does not
+    assert [r["checkpointed_layers"] for r in rows] == [2, 2, 0, 1, 1]
+    out = capsys.readouterr().out
+    assert "checkpointing 1 of 2 layers: predicted peak 3.25 GiB" in out
+    assert "measured peak 3.20 GiB with the choice" in out

@@ -266,8 +266,8 @@ PREFERENCE_PAIRS = [
 
 @pytest.mark.slow
 def test_two_rank_dpo_matches_one_process_on_the_same_global_batch(tmp_path, tiny_model_dir):
-    """LoRA DPO through the same launcher and engine as SFT (torchrun, DDP over gloo): two
-    ranks of 2 pairs a step give the losses and reward margins of one process of 4 pairs."""
+    """LoRA DPO through the same launcher and engines as SFT (torchrun over gloo, DDP and
+    FSDP2): two ranks of 2 pairs a step give the losses and rewards of one process of 4."""
     import json
 
     import yaml
@@ -297,14 +297,21 @@ def test_two_rank_dpo_matches_one_process_on_the_same_global_batch(tmp_path, tin
     one = _train(path, tmp_path / "one")
     out = one.communicate(timeout=300)[0]
     assert one.returncode == 0, out[-3000:]
-    two = _train(path, tmp_path / "two", "train.batch_size=2", NPROC_PER_NODE="2")
-    out = two.communicate(timeout=300)[0]
-    assert two.returncode == 0, out[-3000:]
-    assert ckpt.read_state(ckpt.find_latest(tmp_path / "two"))["world_size"] == 2
-    rows = [read_metrics(tmp_path / name / "metrics.jsonl") for name in ("one", "two")]
-    assert [len(r) for r in rows] == [4, 4]
-    for key in ("loss", "margin", "rewards/chosen", "rewards/rejected", "accuracy"):
-        expected = [row[key] for row in rows[0]]
-        assert [row[key] for row in rows[1]] == pytest.approx(expected, rel=1e-4, abs=1e-5), key
-    assert rows[0][-1]["margin"] > rows[0][0]["margin"]  # it trains: the margin grows
-    assert rows[1][0]["tokens"] == rows[0][0]["tokens"]  # both ranks' tokens are counted
+    reference = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert len(reference) == 4
+    assert reference[-1]["margin"] > reference[0]["margin"]  # it trains: the margin grows
+    # DDP, and FSDP2 (sharded weights: the output head runs on the answer positions after
+    # the model's forward, train/preference.py)
+    for name, engine in (("ddp", ()), ("fsdp2", ("--deepspeed", "fsdp2"))):
+        two = _train(path, tmp_path / name, "train.batch_size=2", *engine, NPROC_PER_NODE="2")
+        out = two.communicate(timeout=300)[0]
+        assert two.returncode == 0, out[-3000:]
+        state = ckpt.read_state(ckpt.find_latest(tmp_path / name))
+        assert (state["world_size"], state["engine"]) == (2, engine[1] if engine else None)
+        rows = read_metrics(tmp_path / name / "metrics.jsonl")
+        assert len(rows) == 4, name
+        for key in ("loss", "margin", "rewards/chosen", "rewards/rejected", "accuracy"):
+            expected = [row[key] for row in reference]
+            got = [row[key] for row in rows]
+            assert got == pytest.approx(expected, rel=1e-4, abs=1e-5), (name, key)
+        assert rows[0]["tokens"] == reference[0]["tokens"]  # both ranks' tokens are counted

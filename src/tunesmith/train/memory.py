@@ -194,6 +194,8 @@ class CheckpointPlanner:
         reset_peak: Callable[[], None] = torch.cuda.reset_peak_memory_stats,
     ):
         self.blocks = hf_compat.checkpointed_layers(model)
+        if not self.blocks:
+            raise ValueError("CheckpointPlanner needs transformers decoder layers, found none")
         if not all(hf_compat.layer_checkpointing(b) for b in self.blocks):
             raise ValueError("CheckpointPlanner needs checkpointing enabled on every layer")
         layers = len(self.blocks)
@@ -215,12 +217,13 @@ class CheckpointPlanner:
     def measuring(self) -> bool:
         return self.steps <= len(self.schedule)
 
-    def before_step(self) -> None:
-        if not self.measuring:
-            return
-        if self.steps < len(self.schedule):
-            set_checkpointed_layers(self.blocks, self.schedule[self.steps])
-        self.reset_peak()
+    def before_step(self) -> int:
+        """Set up the next step; returns the decoder layers it runs checkpointed."""
+        if self.measuring:
+            if self.steps < len(self.schedule):
+                set_checkpointed_layers(self.blocks, self.schedule[self.steps])
+            self.reset_peak()
+        return self.checkpointed
 
     def after_step(self, peak: int) -> None:
         if not self.measuring:

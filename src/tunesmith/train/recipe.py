@@ -346,13 +346,21 @@ class TrainRecipe:
                     f"({self.accelerator.device.type}); every layer stays checkpointed"
                 )
             return None
+        model = self.accelerator.unwrap_model(self.model)
+        if not hf_compat.checkpointed_layers(model):
+            if self.is_main:
+                print(
+                    f"train.memory_budget={budget_text} is ignored: {type(model).__name__} has "
+                    "no transformers decoder layers to checkpoint one by one"
+                )
+            return None
         budget = self.cfg.train.memory_budget_bytes
         if budget is None:  # auto
             budget = auto_budget(
                 torch.cuda.get_device_properties(self.accelerator.device).total_memory
             )
         return CheckpointPlanner(
-            self.accelerator.unwrap_model(self.model),
+            model,
             self.optimizer,
             budget,
             budget_text,
@@ -383,12 +391,11 @@ class TrainRecipe:
             while self.step < self.total_steps and stopping is None:
                 step_start = time.perf_counter()
                 watchdog.progress(f"step {self.step + 1}")
-                if self.memory_planner:
-                    self.memory_planner.before_step()
+                checkpointed = self.memory_planner.before_step() if self.memory_planner else None
                 stats = self._train_step([next(data) for _ in range(accum)])
                 if self.memory_planner:
                     self.memory_planner.after_step(round(stats.extra["peak_gib"] * 2**30))
-                    stats.extra["checkpointed_layers"] = self.memory_planner.checkpointed
+                    stats.extra["checkpointed_layers"] = checkpointed  # what this step ran with
                 self.step += 1
                 self.losses.append(stats.loss)
                 tokens += stats.tokens
