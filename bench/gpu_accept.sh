@@ -7,7 +7,8 @@
 #   bash bench/gpu_accept.sh [--gpus 2,1] [--engines none,zero2,...] [--methods lora,qlora,full]
 #
 # The whole matrix of issue 9 in one call on nvidia-h200-x2 (38 cases incl. the two ZeRO-3 LoRA
-# "try" cases, side by side; about 6-8 min):
+# "try" cases, side by side; call 2 of 2026-11-30 ran the 36 it had then with --jobs 18
+# --deadline 300 inside one 600 s call):
 #
 #   WHL=.whl SERVE=1 bash bench/gpu_accept.sh --gpus 2,1 --jobs 20 --deadline 330
 #
