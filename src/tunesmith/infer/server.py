@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tunesmith.errors import UserError
 from tunesmith.model.generate import (
     Answer,
     Generator,
@@ -540,6 +541,37 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.generator.cancel_all()
         super().handle_exit(sig, frame)
+
+
+def check_address(host: str, port: int) -> None:
+    """`host:port` can be bound now (as uvicorn binds it), checked before the model loads."""
+    import errno
+    import socket
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(
+            f"--host {host}: not a known host name or address ({exc.strerror})"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"{where} is in use: pick another --port") from None
+            if exc.errno == errno.EACCES:
+                raise UserError(
+                    f"{where}: permission denied (ports below 1024 need root): pick another --port"
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UserError(
+                    f"--host {host}: not an address of this machine (try 127.0.0.1 or 0.0.0.0)"
+                ) from None
+            raise UserError(f"{where}: cannot listen there ({exc.strerror})") from None
 
 
 def serve(
