@@ -388,6 +388,11 @@ CASES = [
          ("{d}/x.jsonl:1", "lone surrogate")),
     Case("eval-identity-questions-lone-surrogate", lambda e: ["eval", "identity", str(e.model), "--name", "Ada", "--author", "Me", "--questions", str(e.file("q.json", '[\n{"lang": "en", "question": "Who\\ud800?", "asks": "name"}]'))],
          ("{d}/q.json:2", "lone surrogate")),
+    # ---- YAML aliases in configs: a recursive one was a RecursionError, a bomb took minutes --
+    Case("config-recursive-alias", lambda e: e.train(e.file("rec.yaml", "a: &a [*a]\n")),
+         ("{d}/rec.yaml:1", "YAML anchors/aliases are not supported in configs")),
+    Case("config-alias-bomb", lambda e: e.train(e.file("bomb.yaml", 'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)))),
+         ("{d}/bomb.yaml:2", "YAML anchors/aliases are not supported")),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
