@@ -36,7 +36,8 @@ TEMPLATE_NAMES = (
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # allow_inf_nan=False: an `lr: .inf` or `max_norm: .nan` is refused like any bad value
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Part):
@@ -129,7 +130,7 @@ class TrainConfig(_Part):
     # not). null: checkpoint_layers decides. Ignored, with a message, where there is no CUDA.
     memory_budget: str | None = None
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's and accelerate's seed range
     deepspeed: str | None = None  # zero2 | zero3 | deepspeed_zero2 | ... | path.json
 
     @field_validator("memory_budget", mode="before")
