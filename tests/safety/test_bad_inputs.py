@@ -398,6 +398,11 @@ CASES = [
          ("{d}/x.py", "not UTF-8 text", "save it as UTF-8")),
     Case("eval-identity-questions-latin1", lambda e: ["eval", "identity", str(e.model), "--name", "Ada", "--author", "Me", "--questions", str(e.file("q.jsonl", '[{"lang": "en", "question": "Qui êtes-vous?", "asks": "name"}]'.encode("latin-1")))],
          ("{d}/q.jsonl", "not UTF-8 text", "save it as UTF-8")),
+    # ---- a boolean for a number field was read as 1 / 0 ------------------------------------
+    Case("override-max-steps-true", lambda e: e.train(e.config(), "train.max_steps=true"),
+         ("train.max_steps", "a number is needed here, not true")),
+    Case("config-lora-r-false", lambda e: e.train(e.config(lora={"r": False})),
+         ("{d}/cfg.yaml", "lora.r", "a number is needed here, not false")),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
