@@ -16,6 +16,7 @@ that looks whole.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -149,13 +150,56 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temps of `path` (`.NAME.pidN.XXXX.tmp` from atomic_file, `.NAME-pidN-XXXX/`
+    from atomic_dir) left by a writer that died (kill -9) before it could clean up: those
+    whose creating pid N no longer runs. A live writer's temps are left alone."""
+    path = Path(path)
+    name = re.escape(path.name)
+    pattern = re.compile(rf"^\.{name}(?:\.pid(\d+)\.[A-Za-z0-9_]+\.tmp|-pid(\d+)-[A-Za-z0-9_]+)$")
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1) or match.group(2))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue  # another writer removed it first, or it cannot be: leave it
+        removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temp file path beside `path` to write; renamed to `path` when the block succeeds,
     removed when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(name)
     try:
@@ -174,7 +218,8 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
     `target` is replaced when `replace`, else it must be empty), removed when it fails."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-pid{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():

@@ -141,3 +141,36 @@ def test_full_finetune_exports_sharded_model_that_loads(tiny_model_dir, smollm_t
     )
     eos = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
     assert smollm_tokenizer.convert_tokens_to_ids("<|im_end|>") in eos
+
+
+def test_a_checkpoint_with_nan_weights_is_not_exported(trained_lora, tmp_path, capsys):
+    """A diverged run's adapter (NaN values) is refused by pth_to_hf and by merge, naming the
+    tensor; nothing is written (pth_to_hf exported it with exit 0)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith.train import checkpoint as ckpt
+
+    config_path, work_dir, _ = trained_lora
+    poisoned = tmp_path / "work" / "iter_9"
+    shutil.copytree(ckpt.find_latest(work_dir), poisoned)
+    weights = poisoned / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, weights)
+    out = tmp_path / "out"
+    assert main(["convert", "pth_to_hf", str(config_path), str(poisoned), str(out)]) == 2
+    assert name in capsys.readouterr().err and not out.exists()
+    # the adapter as merge reads it (a PEFT dir with the same weights)
+    assert (
+        main(["convert", "pth_to_hf", str(config_path), str(ckpt.find_latest(work_dir)), str(out)])
+        == 0
+    )
+    save_file(tensors, out / "adapter_model.safetensors")
+    merged = tmp_path / "merged"
+    base = yaml.safe_load((poisoned / "config.yaml").read_text())["model"]["path"]
+    capsys.readouterr()
+    assert main(["convert", "merge", base, str(out), str(merged)]) == 2
+    assert "NaN" in capsys.readouterr().err and not merged.exists()

@@ -190,6 +190,12 @@ HI = [{"role": "user", "content": "hi"}]
         ({"no_such_field": 1}, "no_such_field"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
         ({"stop": 5}, "stop"),
+        ({"messages": [{"role": "user", "content": "hi\ud800"}]}, "messages.0.content"),
+        (
+            {"messages": [{"role": "user", "content": [{"text": "\udc00"}]}]},
+            "messages.0.content.0.text",
+        ),
+        ({"stop": ["a", "\ud800"]}, "stop.1"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             "messages.0.content.0.type",

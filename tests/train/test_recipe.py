@@ -252,3 +252,27 @@ def test_guard_mixes_base_answers_into_the_training_data(tiny_config, tmp_path, 
     mix = [f.path for f in recipe.cfg.data.files if f.path != str(data)]
     assert len(mix) == 1 and mix[0].startswith(str(tmp_path / "run"))
     assert recipe.dataset.summary["records"] == 8  # 4 identity + 4 general (ratio 1)
+
+
+def test_nan_weights_after_a_finite_loss_are_never_saved(tiny_config, run_training, tmp_path):
+    """An update can leave NaN/inf weights while its own loss was finite (an `lr: .inf` did):
+    the save after it is refused, so no checkpoint that resume or export trusts holds them."""
+    cfg = tiny_config(train={"max_steps": 6}, runtime={"save_steps": 2})
+
+    def nan_weights_at_step_4(recipe):
+        step = recipe.optimizer.step
+
+        def poisoned(*args, **kwargs):
+            out = step(*args, **kwargs)
+            if recipe.step == 3:  # the update of step 4
+                with torch.no_grad():
+                    for p in recipe.model.parameters():
+                        if p.requires_grad:
+                            p.fill_(float("nan"))
+            return out
+
+        recipe.optimizer.step = poisoned
+
+    with pytest.raises(TrainingDiverged, match=r"after step 4 hold NaN or inf.*iter_2"):
+        run_training(cfg, tmp_path / "run", before_train=nan_weights_at_step_4)
+    assert [p.name for p in ckpt.checkpoint_dirs(tmp_path / "run")] == ["iter_2"]

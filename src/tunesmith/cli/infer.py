@@ -184,8 +184,9 @@ def run_webui(args) -> int:
 
 
 def run_serve(args) -> int:
-    from tunesmith.infer.server import serve
+    from tunesmith.infer.server import check_address, serve
 
+    check_address(args.host, args.port)  # before the model loads, not after (uvicorn's exit 3)
     generator = _generator(args)
     name = args.model_name or Path(args.model.rstrip("/")).name
     print(

@@ -52,7 +52,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tunesmith.config.loader import config_name, load_config
     from tunesmith.train.distributed import (
-        LAUNCHED_ENV,
         check_resume_world_size,
         check_strategy,
         maybe_relaunch_distributed,
@@ -72,10 +71,18 @@ def run(args) -> int:
     check_resume_world_size(args.resume, work_dir)
     if args.master_port is not None:
         os.environ["PORT"] = str(args.master_port)
-    code = maybe_relaunch_distributed(sys.argv[1:])
-    if code is not None:
-        return code
+    from tunesmith.train.worklock import work_dir_lock
 
+    # one run per work dir, for the run's whole life (the launcher's, when it re-launches)
+    with work_dir_lock(work_dir):
+        code = maybe_relaunch_distributed(sys.argv[1:])
+        if code is not None:
+            return code
+        return _train(cfg, work_dir, args, overrides)
+
+
+def _train(cfg, work_dir: str, args, overrides: list[str]) -> int:
+    from tunesmith.train.distributed import LAUNCHED_ENV
     from tunesmith.train.recipe import TrainRecipe
 
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"work_dir": work_dir})})

@@ -73,8 +73,21 @@ FLAT_KEYS: dict[str, str] = {
 # --------------------------------------------------------------------------- YAML
 
 
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, line: int):
+        super().__init__("YAML anchors/aliases are not supported in configs")
+        self.line = line
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `2e-4` as a float (YAML 1.2), not as a string."""
+    """SafeLoader that reads `2e-4` as a float (YAML 1.2), not as a string, and refuses
+    aliases (`*a`): a recursive one (`a: &a [*a]`) was a RecursionError, and nested ones
+    (a "billion laughs") took minutes and gigabytes; a config has no need for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
 
 
 _Loader.add_implicit_resolver(
@@ -96,6 +109,8 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
+    except _AliasRefused as exc:
+        raise UserError(f"{source}:{exc.line}: {exc}; write the values out in full") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from tunesmith.config.schema import Config, DataFile
+from tunesmith.data import jsonio
 from tunesmith.data.fluency import answered_in, language_of, repetition
 from tunesmith.errors import UserError, where
 from tunesmith.fileio import atomic_write_text, read_text
@@ -46,7 +47,7 @@ def load_general_prompts(path: str | Path | None = None) -> list[str]:
     text = read_text(path, "guard.prompts file")
     if path.suffix == ".json":
         try:
-            doc = json.loads(text)
+            doc = jsonio.loads(text, path)
         except json.JSONDecodeError as err:
             raise UserError(f"{where(path, err.lineno)}: not valid JSON ({err.msg})") from err
         prompts = doc.get("prompts") if isinstance(doc, dict) else doc
@@ -64,7 +65,10 @@ def load_references(path: str | Path | None = None) -> dict[str, str]:
     path = Path(path) if path else default_prompts_path()
     if path.suffix != ".json":
         return {}
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        doc = jsonio.loads(read_text(path, "guard.prompts file"), path)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where(path, err.lineno)}: not valid JSON ({err.msg})") from err
     refs = doc.get("references", {}) if isinstance(doc, dict) else {}
     if not isinstance(refs, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in refs.items()

@@ -7,6 +7,7 @@ any size is read in constant memory.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -33,6 +34,7 @@ def iter_jsonl(
             ) from None
         except RecursionError:
             raise UserError(_too_deep(path, line_no)) from None
+        check_unicode(value, path, line_no)
         yield line_no, value
 
 
@@ -69,7 +71,9 @@ def iter_json_list(
         nonlocal pos
         while True:
             try:
+                start = here()
                 item, pos = decoder.raw_decode(buf, pos)
+                check_unicode(item, path, start)
                 return item
             except json.JSONDecodeError as exc:
                 if eof or not fill():
@@ -110,6 +114,58 @@ def iter_json_list(
             raise UserError(f"{where(path, here())}: expected ',' or ']' after a record")
         pos += 1
         peek()  # to the next record (raw_decode does not skip blanks)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads(text: str, path: Path):
+    """json.loads of a whole user file: bad JSON or a lone surrogate is a UserError naming the
+    line (the caller handles JSONDecodeError itself when it wants a different hint)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise UserError(_too_deep(path, 1)) from None
+    check_unicode(value, path, None, text)
+    return value
+
+
+def check_unicode(value: object, path: Path, line: int | None, text: str | None = None) -> None:
+    """Refuse a string (or key) holding a lone UTF-16 surrogate (JSON's "\\ud800" escape):
+    Python reads it, but it is not Unicode text and breaks tokenizers and writers later."""
+    bad = _find_surrogate(value, "")
+    if bad is None:
+        return
+    field, char = bad
+    code = f"\\u{ord(char):04x}"
+    if line is None:
+        idx = text.lower().find(code) if text else -1
+        line = text.count("\n", 0, idx) + 1 if idx >= 0 else None
+    what = f"field '{field}'" if field else "a string"
+    raise UserError(
+        f"{where(path, line)}: {what} holds a lone surrogate ({code}): not valid Unicode text"
+    )
+
+
+def _find_surrogate(value: object, field: str) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        return (field, m.group()) if m else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            name = f"{field}.{k}" if field else str(k)
+            m = _SURROGATE.search(k) if isinstance(k, str) else None
+            if m:
+                return (field or "a key", m.group())
+            found = _find_surrogate(v, name)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_surrogate(v, f"{field}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def _too_deep(path: Path, line: int) -> str:

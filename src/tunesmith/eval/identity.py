@@ -25,8 +25,10 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from tunesmith.data import jsonio
 from tunesmith.data.fluency import answered_in, repetition
 from tunesmith.errors import UserError, where
+from tunesmith.fileio import read_text
 
 ASKS = ("name", "author", "both")
 CHECKS = ("keyword", "language", "stopped", "repetition", "author_role")
@@ -49,10 +51,12 @@ def default_questions_path() -> Path:
 
 def read_json(path: Path, what: str):
     """A JSON eval file; a missing or malformed one is a UserError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such {what} file")
+    text = read_text(path, f"{what} file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: no such {what} file") from err
+        return jsonio.loads(text, path)
     except json.JSONDecodeError as err:
         raise UserError(f"{where(path, err.lineno)}: not valid JSON ({err.msg})") from err
 

@@ -25,6 +25,7 @@ from tunesmith.errors import UserError
 from tunesmith.export import chat_files
 from tunesmith.export.shards import ShardWriter, iter_tensors, parse_size, weight_files
 from tunesmith.fileio import atomic_dir, check_new_dir, check_outside
+from tunesmith.model.load import check_finite_tensor, check_safetensors, check_weights
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -107,7 +108,10 @@ def _export_adapter(src: Path, out_dir: Path, cfg: Config, fp32: bool) -> list[P
     for name in ADAPTER_FILES:
         if not (src / name).exists():
             raise UserError(f"{src / name} is missing: the checkpoint has no LoRA adapter")
+    check_safetensors(src / "adapter_model.safetensors")
     tensors = load_file(src / "adapter_model.safetensors")
+    for key, tensor in tensors.items():
+        check_finite_tensor(tensor, key, src / "adapter_model.safetensors")
     tensors = {
         k: v.to(_half(v.dtype, fp32)) if v.is_floating_point() else v for k, v in tensors.items()
     }
@@ -130,9 +134,11 @@ def _base_reference(model_path: str) -> str:
 def _export_model(src: Path, out_dir: Path, fp32: bool, max_bytes: int) -> list[Path]:
     if not (src / "config.json").exists() or not weight_files(src):
         raise UserError(f"{src} holds no config.json and safetensors: not a full checkpoint")
+    check_weights(src)
     writer = ShardWriter(out_dir, max_bytes)
     dtype = None
     for name, tensor in tqdm(iter_tensors(weight_files(src)), desc="writing", unit="tensor"):
+        check_finite_tensor(tensor, name, src)
         if tensor.is_floating_point():
             dtype = dtype or _half(tensor.dtype, fp32)
             tensor = tensor.to(dtype)

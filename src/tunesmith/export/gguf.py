@@ -37,6 +37,7 @@ from tunesmith.errors import UserError
 from tunesmith.export.shards import weight_files
 from tunesmith.fileio import atomic_file, atomic_write_text
 from tunesmith.model import internlm2
+from tunesmith.model.load import check_weights
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 Q = gguf.GGMLQuantizationType
@@ -165,6 +166,7 @@ def _source(model: str | Path):
     if model_dir.suffix == ".gguf" or not model_dir.is_dir():
         raise UserError(f"{model_dir} is not an HF model directory (config.json + safetensors)")
     config_dict = internlm2.read_config(model_dir)
+    check_weights(model_dir)
     kind = config_dict.get("model_type")
     if kind not in FAMILIES:
         raise UserError(

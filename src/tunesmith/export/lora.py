@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from tunesmith.compat import peft as peft_compat
 from tunesmith.errors import UserError
-from tunesmith.model.load import check_safetensors
+from tunesmith.model.load import check_finite_tensor, check_safetensors
 
 _PREFIX = "base_model.model."
 
@@ -87,6 +87,7 @@ def read_adapter(adapter_dir: Path) -> Adapter:
     check_safetensors(weights)
     tensors = {}
     for key, value in load_file(weights).items():
+        check_finite_tensor(value, key, weights)
         key = key.removeprefix(_PREFIX)
         # peft's save_embedding_layers (on when the vocab was resized) also writes a
         # resized layer's wrapper: the untouched base copy and the trained copy again

@@ -25,10 +25,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tunesmith.errors import UserError
 from tunesmith.model.generate import (
     Answer,
     Generator,
@@ -43,16 +44,28 @@ DEFAULT_MAX_TOKENS = 512
 INT64 = 2**63
 
 
+def _unicode_text(value: str) -> str:
+    """Refuse a lone UTF-16 surrogate ("\\ud800" in the JSON body): not Unicode text, and
+    the tokenizer fails on it (an HTTP 500 before)."""
+    for char in value:
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(f"holds a lone surrogate (\\u{ord(char):04x}): not valid Unicode text")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+
+
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"] = "text"
-    text: str = ""
+    text: Text = ""
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...: not used here
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = ""
+    content: Text | list[ContentPart] | None = ""
 
     def as_dict(self) -> dict:
         content = self.content or ""
@@ -86,7 +99,7 @@ class ChatCompletionRequest(BaseModel):
     does), fields it knows but this server cannot honour are refused when set."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str
+    model: Text
     messages: list[Message] = Field(min_length=1, max_length=4096)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -98,7 +111,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     # One stop string of any length, or a list of at most 4 (OpenAI's limit). A bare
     # `max_length=4` on the union would also cap the length of a single string.
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
     seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
     n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -528,6 +541,37 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.generator.cancel_all()
         super().handle_exit(sig, frame)
+
+
+def check_address(host: str, port: int) -> None:
+    """`host:port` can be bound now (as uvicorn binds it), checked before the model loads."""
+    import errno
+    import socket
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(
+            f"--host {host}: not a known host name or address ({exc.strerror})"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"{where} is in use: pick another --port") from None
+            if exc.errno == errno.EACCES:
+                raise UserError(
+                    f"{where}: permission denied (ports below 1024 need root): pick another --port"
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UserError(
+                    f"--host {host}: not an address of this machine (try 127.0.0.1 or 0.0.0.0)"
+                ) from None
+            raise UserError(f"{where}: cannot listen there ({exc.strerror})") from None
 
 
 def serve(

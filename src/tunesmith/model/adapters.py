@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
+from torch.nn import Linear
 from transformers import PreTrainedModel
 
 from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import LoraConfig
+from tunesmith.errors import UserError
 
 
 def embedding_modules(model: PreTrainedModel) -> list[str]:
@@ -52,4 +54,13 @@ def apply_lora(
         task_type="CAUSAL_LM",
         modules_to_save=modules_to_save,
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # peft's NoMatchingPeftModuleError is a ValueError
+        if "not found in the base model" not in str(err):
+            raise
+        linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, Linear)}
+        raise UserError(
+            f"lora.target_modules: {str(err).splitlines()[0].rstrip('.')}; the model's linear "
+            f"layers are {', '.join(sorted(linear))} (or use all-linear)"
+        ) from None

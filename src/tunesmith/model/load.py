@@ -81,6 +81,16 @@ def check_weights(path: str | Path, what: str = "model") -> None:
         check_safetensors(file)
 
 
+def check_finite_tensor(tensor: torch.Tensor, name: str, where: Path) -> None:
+    """A UserError naming `name` in `where` when a float tensor holds NaN or inf (a diverged
+    run's weights: exporting them gives a model that answers nothing)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise UserError(
+            f"{where}: {name} holds NaN or inf values: the run diverged before this checkpoint; "
+            f"export an earlier one"
+        )
+
+
 def check_safetensors(file: str | Path) -> None:
     """A UserError naming `file` when it is not a whole, readable safetensors file."""
     try:

@@ -20,16 +20,18 @@ class TrainingDiverged(UserError):
     """The loss became NaN or inf; the message names the step and what to try."""
 
 
+def kept(last_checkpoint: Path | None) -> str:
+    """What a diverged run leaves to continue from, for its error message."""
+    if last_checkpoint:
+        return f"the last good checkpoint {last_checkpoint} is kept (continue with --resume auto)"
+    return "no checkpoint was saved before it"
+
+
 def check_finite(loss: float, step: int, last_checkpoint: Path | None) -> None:
     if math.isfinite(loss):
         return
-    kept = (
-        f"the last good checkpoint {last_checkpoint} is kept (continue with --resume auto)"
-        if last_checkpoint
-        else "no checkpoint was saved before it"
-    )
     raise TrainingDiverged(
-        f"loss is {loss} at step {step}: training stopped, {kept}; "
+        f"loss is {loss} at step {step}: training stopped, {kept(last_checkpoint)}; "
         f"try a lower train.lr, check the data (`tunesmith data` can show what is trained on), "
         f"or train in fp32 (train.mixed_precision=no)"
     )

@@ -42,7 +42,14 @@ from tunesmith.train.distributed import (
     make_accelerator,
     shards_weights,
 )
-from tunesmith.train.hooks import ChatSampler, StopSignals, check_finite, format_summary
+from tunesmith.train.hooks import (
+    ChatSampler,
+    StopSignals,
+    TrainingDiverged,
+    check_finite,
+    format_summary,
+)
+from tunesmith.train.hooks import kept as _kept
 from tunesmith.train.memory import CheckpointPlanner, auto_budget
 from tunesmith.train.metrics import MetricsLogger
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -594,6 +601,14 @@ class TrainRecipe:
         """`work_dir/iter_<step>/`: every rank writes into the temp dir, rank 0 marks it whole
         and renames it; older ones rotated out."""
         acc = self.accelerator
+        if not self._trainable_weights_finite():
+            # an update with finite loss can still leave NaN/inf weights (an overflowing
+            # gradient, a huge lr): never save them as a checkpoint a resume or export trusts
+            raise TrainingDiverged(
+                f"the trainable weights after step {self.step} hold NaN or inf: nothing saved "
+                f"for it, {_kept(self.last_checkpoint)}; try a lower train.lr or "
+                f"train.max_norm, or train in fp32 (train.mixed_precision=no)"
+            )
         acc.wait_for_everyone()
         if self.is_main:
             ckpt.begin(self.work_dir, self.step)
@@ -608,6 +623,22 @@ class TrainRecipe:
         self.saved_step = self.step
         acc.wait_for_everyone()
         return path
+
+    def _trainable_weights_finite(self) -> bool:
+        """Whether every trainable weight is finite, on every process (each checks its own
+        shard: a DTensor's local part; a ZeRO-3 partition's `ds_tensor`)."""
+        acc = self.accelerator
+        bad = torch.zeros((), device=acc.device)
+        for p in self.model.parameters():
+            if not p.requires_grad:
+                continue
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if local.numel() == 0 and getattr(p, "ds_tensor", None) is not None:
+                local = p.ds_tensor
+            bad += (~torch.isfinite(local.detach())).any()
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, "sum")
+        return not bool(bad)
 
     def _write_checkpoint(self, out: Path) -> None:
         """Every rank: accelerate's state (optimizer, scaler, RNG; engine shards) into state/;
