@@ -302,6 +302,8 @@ CASES = [
          ("xx",)),
     Case("replace-out-exists", lambda e: ["data", "replace", str(e.jsonl("in.jsonl", [GOOD])), str(e.file("out.jsonl", "keep\n")), "--old-text", "Red", "--new-text", "Blue"],
          ("{d}/out.jsonl", "already exists")),
+    Case("replace-old-text-nowhere", lambda e: ["data", "replace", str(e.jsonl("in.jsonl", [GOOD])), str(e.d / "o.jsonl"), "--old-text", "Zzzz", "--new-text", "X"],
+         ("'Zzzz' occurs nowhere in {d}/in.jsonl: nothing to replace (check --old-text)",)),
     Case("replace-in-not-utf8", lambda e: ["data", "replace", str(e.file("in.jsonl", b"\xff\xfe\x00x")), str(e.d / "o.jsonl"), "--old-text", "a", "--new-text", "b"],
          ("{d}/in.jsonl", "UTF")),
     Case("replace-in-is-dir", lambda e: ["data", "replace", str(e.d), str(e.d / "o.jsonl"), "--old-text", "a", "--new-text", "b"],

@@ -17,6 +17,10 @@ from tunesmith.errors import UserError
 from tunesmith.fileio import atomic_file, check_new_output, check_readable_file, decode_error
 
 
+class _NothingToReplace(Exception):
+    """No record holds the text: the copy is discarded (an unchanged copy helps no one)."""
+
+
 def replace_in_value(value, old: str, new: str) -> tuple[object, int]:
     """`value` with `old` -> `new` in every string (dict values, list items); and the count."""
     if isinstance(value, str):
@@ -47,7 +51,8 @@ def replace_file(
 ) -> dict:
     """Write `src` to `dst` with `old` replaced by `new`; returns {"records", "replacements"}.
 
-    An existing `dst` is refused unless `force` (it may be `src` itself)."""
+    An existing `dst` is refused unless `force` (it may be `src` itself). A text that occurs
+    nowhere is a UserError, and nothing is written."""
     if not old:
         raise UserError("--old-text is empty; give the text to replace")
     src = check_readable_file(src, "data file")
@@ -83,6 +88,12 @@ def replace_file(
                 counts["replacements"] += n
             if suffix == ".json":
                 out.write("\n]\n")
+            if not counts["replacements"]:  # leaving the block unfinished discards the copy
+                raise _NothingToReplace
+    except _NothingToReplace:
+        raise UserError(
+            f"{old!r} occurs nowhere in {src}: nothing to replace (check --old-text)"
+        ) from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{decode_error(src, exc)} ({dst} was not written)") from None
     except UserError as exc:
