@@ -397,6 +397,16 @@ CASES = [
          ("{d}/rec.yaml:1", "YAML anchors/aliases are not supported in configs")),
     Case("config-alias-bomb", lambda e: e.train(e.file("bomb.yaml", 'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)))),
          ("{d}/bomb.yaml:2", "YAML anchors/aliases are not supported")),
+    # ---- not UTF-8: the same "not UTF-8 text ... save it as UTF-8" as every other reader -----
+    Case("convert-cfg-latin1", lambda e: ["convert-cfg", str(e.file("x.py", "# Café\nlr = 2e-4\n".encode("latin-1"))), str(e.d / "x.yaml")],
+         ("{d}/x.py", "not UTF-8 text", "save it as UTF-8")),
+    Case("eval-identity-questions-latin1", lambda e: ["eval", "identity", str(e.model), "--name", "Ada", "--author", "Me", "--questions", str(e.file("q.jsonl", '[{"lang": "en", "question": "Qui êtes-vous?", "asks": "name"}]'.encode("latin-1")))],
+         ("{d}/q.jsonl", "not UTF-8 text", "save it as UTF-8")),
+    # ---- a boolean for a number field was read as 1 / 0 ------------------------------------
+    Case("override-max-steps-true", lambda e: e.train(e.config(), "train.max_steps=true"),
+         ("train.max_steps", "a number is needed here, not true")),
+    Case("config-lora-r-false", lambda e: e.train(e.config(lora={"r": False})),
+         ("{d}/cfg.yaml", "lora.r", "a number is needed here, not false")),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip

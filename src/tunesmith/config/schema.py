@@ -18,9 +18,10 @@ one line naming the key and the nearest valid one.
 from __future__ import annotations
 
 import difflib
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tunesmith.sizes import size_in_bytes
 
@@ -39,6 +40,29 @@ TEMPLATE_NAMES = (
 class _Part(BaseModel):
     # allow_inf_nan=False: an `lr: .inf` or `max_norm: .nan` is refused like any bad value
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        """`max_steps: true` was read as 1 (pydantic's lax int takes a bool): a number
+        field that does not also take a bool refuses one."""
+        if isinstance(value, bool) and info.field_name:
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
+            if kinds & {int, float} and bool not in kinds:
+                raise PydanticCustomError(
+                    "bool_for_number",
+                    "a number is needed here, not {value}",
+                    {"value": str(value).lower()},
+                )
+        return value
+
+
+def _kinds(annotation) -> set:
+    """The plain types in an annotation (`int | None` -> {int, NoneType})."""
+    args = get_args(annotation)
+    if not args:
+        return {annotation}
+    return set().union(*(_kinds(a) for a in args))
 
 
 class ModelConfig(_Part):

@@ -21,6 +21,7 @@ from typing import Any
 
 from tunesmith.config.loader import FLAT_KEYS
 from tunesmith.errors import UserError
+from tunesmith.fileio import read_text
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def read_xtuner_config(path: str | Path) -> ParsedConfig:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"XTuner config {path} does not exist")
-    source = path.read_text(encoding="utf-8")
+    source = read_text(path, "XTuner config")
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
