@@ -73,6 +73,7 @@ def run(args) -> int:
     )
     # before a launcher starts processes that would each fail alone
     check_strategy(cfg)
+    _check_work_dir_outside_data(work_dir, cfg)
     check_resume_world_size(args.resume, work_dir)
     if args.master_port is not None:
         os.environ["PORT"] = str(args.master_port)
@@ -84,6 +85,23 @@ def run(args) -> int:
         if code is not None:
             return code
         return _train(cfg, work_dir, args, overrides)
+
+
+def _check_work_dir_outside_data(work_dir: str, cfg) -> None:
+    """Refuse a work dir that holds (at any depth) one of the data files: checkpoints would be
+    written among the data. A work dir beside the data (data.jsonl + work/) is fine."""
+    from tunesmith.errors import UserError
+
+    work = Path(work_dir).expanduser().resolve()
+    for entry in cfg.data.files:
+        data = Path(entry.path).expanduser()
+        if not data.is_file():
+            continue  # a hub dataset name, or missing: reported where the data is read
+        if work in data.resolve().parents:
+            raise UserError(
+                f"{work_dir}: the work dir holds the data file {entry.path}; checkpoints would be "
+                "written among the data: pick a work dir outside it (--work-dir)"
+            )
 
 
 def _train(cfg, work_dir: str, args, overrides: list[str]) -> int:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from tunesmith.compat import transformers as hf_compat
 from tunesmith.errors import UserError
 from tunesmith.export.shards import weight_files
-from tunesmith.fileio import atomic_file, atomic_write_text
+from tunesmith.fileio import atomic_file, atomic_write_text, check_outside
 from tunesmith.model import internlm2
 from tunesmith.model.load import check_weights
 
@@ -115,6 +115,7 @@ def export_gguf(
     out = Path(out).expanduser()
     check_target(out, outtype, overwrite)
     model_dir, kind, config, tokenizer, vocab = _source(model)
+    check_outside(out, model_dir, "GGUF file")
     arch, permute = FAMILIES[kind]
     notes: list[str] = []
     tensors = _plan(model_dir, config, kind, arch, permute, outtype, notes)
