@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from tunesmith.config.schema import TEMPLATE_NAMES
+
 # Run by `streamlit run`, never imported here (importing it would start the app).
 WEBUI_APP = Path(__file__).resolve().parent.parent / "infer" / "webui_app.py"
 
@@ -19,6 +21,7 @@ def register(subparsers) -> None:
     chat.add_argument("--system", help="system prompt")
     chat.add_argument(
         "--prompt-template",
+        choices=TEMPLATE_NAMES,
         help="a named template (chatml, internlm2_chat, ...); default: the tokenizer's own",
     )
     chat.add_argument("--bits", type=int, choices=(4, 8), help="load the model in 4 or 8 bit")
@@ -58,7 +61,11 @@ def register(subparsers) -> None:
         "--model-name", help="the model id clients use (default: the MODEL path's name)"
     )
     serve.add_argument("--system", help="system prompt for requests that have none")
-    serve.add_argument("--prompt-template", help="a named template; default: the tokenizer's own")
+    serve.add_argument(
+        "--prompt-template",
+        choices=TEMPLATE_NAMES,
+        help="a named template; default: the tokenizer's own",
+    )
     serve.add_argument("--bits", type=int, choices=(4, 8))
     serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     serve.set_defaults(func=run_serve)

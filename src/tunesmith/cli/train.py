@@ -51,6 +51,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from tunesmith.config.loader import config_name, load_config
+    from tunesmith.errors import UserError
     from tunesmith.train.distributed import (
         check_resume_world_size,
         check_strategy,
@@ -63,6 +64,10 @@ def run(args) -> int:
     if args.deepspeed:
         overrides.append(f"train.deepspeed={args.deepspeed}")
     cfg = load_config(args.config, overrides)
+    if not cfg.data.files:  # named with the file the user edits (the recipe cannot know it)
+        raise UserError(
+            f"{args.config}: data.files is empty; list at least one .jsonl/.json/.parquet file"
+        )
     work_dir = (
         args.work_dir or cfg.runtime.work_dir or str(Path("work_dirs") / config_name(args.config))
     )

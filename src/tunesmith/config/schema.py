@@ -17,6 +17,7 @@ one line naming the key and the nearest valid one.
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -120,6 +121,19 @@ class DataConfig(_Part):
     pack_to_max_length: bool = True
     shuffle: bool = True
     cache_dir: str | None = None  # default: ~/.cache/tunesmith/data
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, name: str) -> str:
+        """Checked with the config (its file:line), not when the tokenizer has loaded."""
+        if name in TEMPLATE_NAMES:
+            return name
+        close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise ValueError(
+            f"unknown template '{name}'; {hint}use auto (the tokenizer's own) or one of "
+            f"{', '.join(TEMPLATE_NAMES[1:])}"
+        )
 
     @field_validator("files", mode="before")
     @classmethod
