@@ -196,6 +196,8 @@ HI = [{"role": "user", "content": "hi"}]
             "messages.0.content.0.text",
         ),
         ({"stop": ["a", "\ud800"]}, "stop.1"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages.0.content"),
+        ({"temperature": float("nan")}, "temperature"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             "messages.0.content.0.type",
@@ -210,6 +212,35 @@ def test_every_bad_sampling_value_is_a_400_naming_it_before_anything_streams(
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        ({"temperature": float("nan")}, "temperature: Input should be a finite number"),
+        ({"top_p": float("inf")}, "top_p: Input should be a finite number"),
+        (
+            {
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": None},
+                ]
+            },
+            "messages.1.content: Value error, content is null",
+        ),
+    ],
+    ids=["temperature-nan", "top-p-inf", "user-content-null"],
+)
+def test_null_content_and_non_finite_numbers_are_a_400_that_says_so(base_url, extra, words):
+    response = _post(base_url, {"model": MODEL, "messages": HI, **extra})
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]["message"]
+
+
+def test_assistant_message_may_have_null_content(base_url):
+    messages = [*HI, {"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]
+    response = _post(base_url, {"model": MODEL, "messages": messages, "max_tokens": 2})
+    assert response.status_code == 200, response.text
 
 
 def test_tiny_temperature_and_int64_seed_answer(base_url):

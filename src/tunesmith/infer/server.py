@@ -67,6 +67,17 @@ class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: Text | list[ContentPart] | None = ""
 
+    @field_validator("content")
+    @classmethod
+    def _null_only_for_assistant(cls, value, info):
+        # OpenAI allows a null content only on an assistant message (one with tool calls)
+        if value is None and info.data.get("role", "assistant") != "assistant":
+            raise ValueError(
+                "content is null; only an assistant message may leave it out: give a string "
+                "or a list of text parts"
+            )
+        return value
+
     def as_dict(self) -> dict:
         content = self.content or ""
         if isinstance(content, list):
@@ -103,10 +114,10 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=4096)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, allow_inf_nan=False, ge=0, le=2)
+    top_p: float | None = Field(None, allow_inf_nan=False, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=INT64 - 1)
-    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
+    repetition_penalty: float | None = Field(None, allow_inf_nan=False, ge=0.01, le=100)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     # One stop string of any length, or a list of at most 4 (OpenAI's limit). A bare
@@ -114,8 +125,8 @@ class ChatCompletionRequest(BaseModel):
     stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
     seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
     n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, allow_inf_nan=False, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, allow_inf_nan=False, ge=-2, le=2)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
