@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 key=$(sha256sum .ci/constraints-oldest.txt | cut -c1-16)
 venv="${TUNESMITH_CI_CACHE:-$HOME/.cache/tunesmith-ci}/venv-oldest-$key"
-log=$(mktemp)
+log=$(mktemp); trap 'rm -f "$log"' EXIT
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" || exit 1
 # The dev extra without trl: trl (only the check of our preference losses against TRL's)
 # needs accelerate>=1.10 and pyarrow>=21, far above what tunesmith itself needs.

@@ -13,6 +13,11 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # llama.cpp for the GGUF runtime test: built from source once, the wheel cached outside the clone
 bash scripts/llama_cpp_wheel.sh || echo "warning: llama-cpp-python did not build; the llama.cpp test will fail"
+# The suite writes a few GB of models under the temp folder at its peak: say so before it starts
+# when the disk is short, so that a failure from a full disk is recognised as one.
+free_gb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print int($4 / 1048576)}')
+[[ -n "$free_gb" && "$free_gb" -lt 8 ]] \
+  && echo "warning: only ${free_gb} GB free under ${TMPDIR:-/tmp}; the suite needs about 8 GB"
 .venv/bin/python -m pytest "$@"
 rc=$?
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
