@@ -415,6 +415,22 @@ CASES = [
          ("train.max_steps", "a number is needed here, not true")),
     Case("config-lora-r-false", lambda e: e.train(e.config(lora={"r": False})),
          ("{d}/cfg.yaml", "lora.r", "a number is needed here, not false")),
+    # ---- a data file without a suffix was read as a config ("data.files is empty") ---------
+    Case("data-check-no-suffix-empty", lambda e: e.check(e.file("data", "")),
+         ("{d}/data: the file is empty", ".jsonl")),
+    Case("data-check-no-suffix-blank", lambda e: e.check(e.file("data", " \n\t\n")),
+         ("{d}/data: the file is empty",)),
+    Case("data-show-no-suffix-empty", lambda e: ["data", "show", str(e.file("data", "")), "--model", str(e.model)],
+         ("{d}/data: the file is empty",)),
+    Case("data-check-no-suffix-jsonl", lambda e: e.check(e.jsonl("records", [GOOD])),
+         ("{d}/records holds JSON records", "name it {d}/records.jsonl")),
+    Case("data-check-no-suffix-json-list", lambda e: e.check(e.file("records", json.dumps([GOOD]))),
+         ("{d}/records holds JSON records", "name it {d}/records.json")),
+    # ---- an empty prompt was answered ----------------------------------------------------------
+    Case("chat-prompt-empty", lambda e: ["chat", str(e.model), "--prompt", ""],
+         ("--prompt (number 1) is empty",)),
+    Case("chat-prompt-blank-second", lambda e: ["chat", str(e.model), "--prompt", "hi", "--prompt", " \n "],
+         ("--prompt (number 2) is empty",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
