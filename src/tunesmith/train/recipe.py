@@ -27,6 +27,7 @@ from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import Config
 from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_file, atomic_write_text
 from tunesmith.model.fast import (
     head_inputs,
     lora_inputs_uncast,
@@ -157,7 +158,7 @@ class TrainRecipe:
         self.saved_step = self.step if self.resume_from is not None else None
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            (self.work_dir / "config.yaml").write_text(self._config_yaml())
+            atomic_write_text(self.work_dir / "config.yaml", self._config_yaml())
             self._move_aside_newer_checkpoints()
         self.accelerator.wait_for_everyone()
         self.objective = self._setup_objective() if self.cfg.preference else None
@@ -325,7 +326,8 @@ class TrainRecipe:
             self.model, self.dataset, self.cfg.train.batch_size, self.accelerator.device
         )
         if self.is_main:
-            save_file({"logps": table}, str(path))
+            with atomic_file(path) as tmp:  # a kill mid-write leaves no torn table to resume
+                save_file({"logps": table}, str(tmp))
         return table
 
     def _setup_optimizer(self):
