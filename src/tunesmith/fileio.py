@@ -208,6 +208,12 @@ def _older_than(entry: Path, cutoff: float) -> bool:
         return False
 
 
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temp file path beside `path` to write; renamed to `path` when the block succeeds,
@@ -222,9 +228,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)  # mkstemp makes it 0600: give it what open() would have
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it 0600: give it what open() would have
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -240,6 +244,7 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-pid{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: give it what mkdir would have
         if target.exists():
             if replace:
                 shutil.rmtree(target)
