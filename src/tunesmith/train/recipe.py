@@ -680,12 +680,15 @@ class TrainRecipe:
         load_kwargs = {}
         if self.engine and self.engine.startswith("zero"):
             load_kwargs["load_module_strict"] = False  # saved without the frozen base weights
-        self.accelerator.load_state(str(path / "state"), **load_kwargs)
+        with ckpt.reading(path / "state"):
+            self.accelerator.load_state(str(path / "state"), **load_kwargs)
         if self.engine is None and self.cfg.method != "full":
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+            weights_file = path / "adapter" / "adapter_model.safetensors"
+            with ckpt.reading(weights_file):
+                weights = load_file(str(weights_file))
             model = self.accelerator.unwrap_model(self.model)
             set_peft_model_state_dict(model, weights)
         self.scheduler.load_state_dict(ckpt.load_torch(path / "scheduler.pt"))
