@@ -138,6 +138,7 @@ DAMAGES = {  # file -> (bytes written over it, what the message names)
     "config.yaml": (b"lora: [", "config.yaml"),
     "state/optimizer.bin": (b"PK\x03\x04 cut short", "state"),  # accelerate loads the dir
     "scheduler.pt": (b"", "scheduler.pt"),
+    "state/random_states_0.pkl": (b"", "state/random_states_0.pkl"),  # was resumed silently
     "adapter/adapter_model.safetensors": (b"\x10" + b"\x00" * 7 + b"{", "adapter/adapter_model"),
 }
 

@@ -676,10 +676,17 @@ class TrainRecipe:
         }
 
     def _load_checkpoint(self, path: Path) -> None:
+        from accelerate.utils import load as accelerate_load
+
         state = ckpt.read_state(path)
         load_kwargs = {}
         if self.engine and self.engine.startswith("zero"):
             load_kwargs["load_module_strict"] = False  # saved without the frozen base weights
+        # accelerate skips a random-state file it cannot read without a word (an INFO log):
+        # the resumed run would silently leave the uninterrupted run's loss curve
+        rng_file = path / "state" / f"random_states_{self.accelerator.process_index}.pkl"
+        with ckpt.reading(rng_file):
+            accelerate_load(rng_file)
         with ckpt.reading(path / "state"):
             self.accelerator.load_state(str(path / "state"), **load_kwargs)
         if self.engine is None and self.cfg.method != "full":
