@@ -431,9 +431,28 @@ CASES = [
          ("--prompt (number 1) is empty",)),
     Case("chat-prompt-blank-second", lambda e: ["chat", str(e.model), "--prompt", "hi", "--prompt", " \n "],
          ("--prompt (number 2) is empty",)),
+    # ---- an adapter that does not load on the base: peft's traceback ------------------------
+    Case("chat-adapter-targets-absent", lambda e: e.chat(e.model, "--adapter", str(_real_adapter(e, target_modules=["nonexistent_proj"]))),
+         ("{d}/adapter: this adapter does not load on this base model", "nonexistent_proj")),
+    Case("chat-adapter-rank-differs", lambda e: e.chat(e.model, "--adapter", str(_real_adapter(e, r=8))),
+         ("{d}/adapter: this adapter does not load on this base model", "size mismatch")),
+    Case("merge-adapter-other-peft-type", lambda e: ["convert", "merge", str(e.model), str(_real_adapter(e, peft_type="PREFIX_TUNING")), str(e.d / "out")],
+         ("{d}/adapter: this adapter does not load on this base model",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
+
+
+def _real_adapter(e: Env, **config) -> Path:
+    """A LoRA (r 4 on q_proj) saved by peft for the shared tiny model, its config changed."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(e.model)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(e.d / "adapter")
+    _set_json(e.d / "adapter" / "adapter_config.json", **config)
+    return e.d / "adapter"
 
 
 def _without(model: Path, *names: str) -> Path:
