@@ -438,6 +438,15 @@ CASES = [
          ("{d}/adapter: this adapter does not load on this base model", "size mismatch")),
     Case("merge-adapter-other-peft-type", lambda e: ["convert", "merge", str(e.model), str(_real_adapter(e, peft_type="PREFIX_TUNING")), str(e.d / "out")],
          ("{d}/adapter: this adapter does not load on this base model",)),
+    # ---- a damaged config.json or a GGUF cut in its header was "no usable tokenizer" ---------
+    Case("model-config-value-wrong-type", lambda e: e.chat(_with_config(e.model_copy(), hidden_size="abc")),
+         ("{d}/model/config.json: not a valid llama config", "hidden_size")),
+    Case("model-config-heads-do-not-divide", lambda e: e.chat(_with_config(e.model_copy(), num_attention_heads=5)),
+         ("{d}/model/config.json: not a valid llama config", "attention heads")),
+    Case("data-check-model-config-damaged", lambda e: ["data", "check", str(e.jsonl("x.jsonl", [GOOD])), "--model", str(_with_config(e.model_copy(), hidden_size="abc"))],
+         ("{d}/model/config.json: not a valid llama config",)),
+    Case("model-gguf-cut-in-header", lambda e: e.chat(e.file("m.gguf", b"GGUF\x03\x00\x00\x00" + b"\x01" + b"\x00" * 7 + b"\x01")),
+         ("{d}/m.gguf: not a readable GGUF file",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
