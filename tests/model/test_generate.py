@@ -395,9 +395,7 @@ def test_greedy_batch_gives_the_answers_of_the_plain_batch(tiny_generator):
         tiny_generator.answer(c, Sampling.greedy(n))
         for c, n in zip(conversations, limits, strict=True)
     ]
-    assert [(a.text, a.finish_reason) for a in fast] == [
-        (a.text, a.finish_reason) for a in plain
-    ]
+    assert [(a.text, a.finish_reason) for a in fast] == [(a.text, a.finish_reason) for a in plain]
     assert [a.completion_tokens for a in fast] == [a.completion_tokens for a in plain]
     assert [a.prompt_tokens for a in fast] == [len(r) for r in rows]
     assert all(a.completion_tokens <= n for a, n in zip(fast, limits, strict=True))
