@@ -12,6 +12,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_internlm2_cache(tmp_path_factory):
+    """Converted InternLM2 checkpoints and tokenizers go to a test cache, not ~/.cache."""
+    root = tmp_path_factory.mktemp("tunesmith-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tunesmith.model.internlm2.cache_root", lambda: root)
+        yield
+
+
 @pytest.fixture(scope="session")
 def smollm_tokenizer_dir() -> Path:
     """SmolLM2's tokenizer (chatml, pad == eos == <|im_end|>), converted from the GGUF once."""

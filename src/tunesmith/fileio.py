@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,24 +161,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# Temps named before the writer's pid went into them (`.NAME.XXXXXXXX.tmp`, `.NAME-XXXXXXXX/`
+# from mkstemp/mkdtemp, `.NAME.tmp`) cannot say whether their writer lives: they go once
+# they are this old (no writer of those names runs any more; an hour covers a slow disk).
+LEGACY_TEMP_AGE_S = 3600.0
+
+
 def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Remove the temps of `path` (`.NAME.pidN.XXXX.tmp` from atomic_file, `.NAME-pidN-XXXX/`
-    from atomic_dir) left by a writer that died (kill -9) before it could clean up: those
-    whose creating pid N no longer runs. A live writer's temps are left alone."""
+    """Remove the temps of `path` left by a writer that died (kill -9) before it could clean
+    up: `.NAME.pidN.XXXX.tmp` (atomic_file) and `.NAME-pidN-XXXX/` (atomic_dir) whose
+    creating pid N no longer runs, and pid-less temps of older versions (see
+    LEGACY_TEMP_AGE_S) older than an hour. A live writer's temps are left alone."""
     path = Path(path)
     name = re.escape(path.name)
-    pattern = re.compile(rf"^\.{name}(?:\.pid(\d+)\.[A-Za-z0-9_]+\.tmp|-pid(\d+)-[A-Za-z0-9_]+)$")
+    with_pid = re.compile(rf"^\.{name}(?:\.pid(\d+)\.[A-Za-z0-9_]+\.tmp|-pid(\d+)-[A-Za-z0-9_]+)$")
+    legacy = re.compile(rf"^\.{name}(?:\.[a-z0-9_]{{8}}\.tmp|-[a-z0-9_]{{8}}|\.tmp)$")
     removed = []
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return removed
+    now = time.time()
     for entry in entries:
-        match = pattern.match(entry.name)
-        if match is None:
-            continue
-        pid = int(match.group(1) or match.group(2))
-        if pid == os.getpid() or _pid_alive(pid):
+        match = with_pid.match(entry.name)
+        if match is not None:
+            pid = int(match.group(1) or match.group(2))
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+        elif legacy.match(entry.name) is None or not _older_than(entry, now - LEGACY_TEMP_AGE_S):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():
@@ -188,6 +199,19 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
             continue  # another writer removed it first, or it cannot be: leave it
         removed.append(entry)
     return removed
+
+
+def _older_than(entry: Path, cutoff: float) -> bool:
+    try:
+        return entry.lstat().st_mtime < cutoff
+    except OSError:
+        return False
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
 
 
 @contextmanager
@@ -204,9 +228,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)  # mkstemp makes it 0600: give it what open() would have
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it 0600: give it what open() would have
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -222,6 +244,7 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-pid{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: give it what mkdir would have
         if target.exists():
             if replace:
                 shutil.rmtree(target)

@@ -26,14 +26,6 @@ from tunesmith.model.load import load_model, load_tokenizer  # noqa: E402
 TEXTS = ["Who are you?", "你好，我是书生·浦语。", "<|im_start|>user\nhi<|im_end|>\n", " 12345  x"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tunesmith-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tunesmith.model.internlm2.cache_root", lambda: root)
-        yield
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("internlm2-gguf")

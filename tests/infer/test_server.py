@@ -197,6 +197,10 @@ HI = [{"role": "user", "content": "hi"}]
         ),
         ({"stop": ["a", "\ud800"]}, "stop.1"),
         ({"messages": [{"role": "user", "content": None}]}, "messages.0.content"),
+        ({"messages": [{"role": "user", "content": ""}]}, "messages.0.content"),
+        ({"messages": [*HI, {"role": "user", "content": " \n\t"}]}, "messages.1.content"),
+        ({"messages": [{"role": "user", "content": [{"text": " "}]}]}, "messages.0.content"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
         ({"temperature": float("nan")}, "temperature"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},

@@ -1,4 +1,5 @@
-"""Fixtures for model tests: tiny random InternLM2 checkpoints, a private conversion cache."""
+"""Fixtures for model tests: tiny random InternLM2 checkpoints (their conversion cache is
+private to the test session: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,6 @@ from internlm2_helpers import (
     internlm2_tokenizer_model,
     write_internlm2,
 )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory):
-    """Converted InternLM2 checkpoints and tokenizers go to a test cache, not ~/.cache."""
-    root = tmp_path_factory.mktemp("tunesmith-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tunesmith.model.internlm2.cache_root", lambda: root)
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -415,9 +415,53 @@ CASES = [
          ("train.max_steps", "a number is needed here, not true")),
     Case("config-lora-r-false", lambda e: e.train(e.config(lora={"r": False})),
          ("{d}/cfg.yaml", "lora.r", "a number is needed here, not false")),
+    # ---- a data file without a suffix was read as a config ("data.files is empty") ---------
+    Case("data-check-no-suffix-empty", lambda e: e.check(e.file("data", "")),
+         ("{d}/data: the file is empty", ".jsonl")),
+    Case("data-check-no-suffix-blank", lambda e: e.check(e.file("data", " \n\t\n")),
+         ("{d}/data: the file is empty",)),
+    Case("data-show-no-suffix-empty", lambda e: ["data", "show", str(e.file("data", "")), "--model", str(e.model)],
+         ("{d}/data: the file is empty",)),
+    Case("data-check-no-suffix-jsonl", lambda e: e.check(e.jsonl("records", [GOOD])),
+         ("{d}/records holds JSON records", "name it {d}/records.jsonl")),
+    Case("data-check-no-suffix-json-list", lambda e: e.check(e.file("records", json.dumps([GOOD]))),
+         ("{d}/records holds JSON records", "name it {d}/records.json")),
+    # ---- an empty prompt was answered ----------------------------------------------------------
+    Case("chat-prompt-empty", lambda e: ["chat", str(e.model), "--prompt", ""],
+         ("--prompt (number 1) is empty",)),
+    Case("chat-prompt-blank-second", lambda e: ["chat", str(e.model), "--prompt", "hi", "--prompt", " \n "],
+         ("--prompt (number 2) is empty",)),
+    # ---- an adapter that does not load on the base: peft's traceback ------------------------
+    Case("chat-adapter-targets-absent", lambda e: e.chat(e.model, "--adapter", str(_real_adapter(e, target_modules=["nonexistent_proj"]))),
+         ("{d}/adapter: this adapter does not load on this base model", "nonexistent_proj")),
+    Case("chat-adapter-rank-differs", lambda e: e.chat(e.model, "--adapter", str(_real_adapter(e, r=8))),
+         ("{d}/adapter: this adapter does not load on this base model", "size mismatch")),
+    Case("merge-adapter-other-peft-type", lambda e: ["convert", "merge", str(e.model), str(_real_adapter(e, peft_type="PREFIX_TUNING")), str(e.d / "out")],
+         ("{d}/adapter: this adapter does not load on this base model",)),
+    # ---- a damaged config.json or a GGUF cut in its header was "no usable tokenizer" ---------
+    Case("model-config-value-wrong-type", lambda e: e.chat(_with_config(e.model_copy(), hidden_size="abc")),
+         ("{d}/model/config.json: not a valid llama config", "hidden_size")),
+    Case("model-config-heads-do-not-divide", lambda e: e.chat(_with_config(e.model_copy(), num_attention_heads=5)),
+         ("{d}/model/config.json: not a valid llama config", "attention heads")),
+    Case("data-check-model-config-damaged", lambda e: ["data", "check", str(e.jsonl("x.jsonl", [GOOD])), "--model", str(_with_config(e.model_copy(), hidden_size="abc"))],
+         ("{d}/model/config.json: not a valid llama config",)),
+    Case("model-gguf-cut-in-header", lambda e: e.chat(e.file("m.gguf", b"GGUF\x03\x00\x00\x00" + b"\x01" + b"\x00" * 7 + b"\x01")),
+         ("{d}/m.gguf: not a readable GGUF file",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
+
+
+def _real_adapter(e: Env, **config) -> Path:
+    """A LoRA (r 4 on q_proj) saved by peft for the shared tiny model, its config changed."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(e.model)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(e.d / "adapter")
+    _set_json(e.d / "adapter" / "adapter_config.json", **config)
+    return e.d / "adapter"
 
 
 def _without(model: Path, *names: str) -> Path:

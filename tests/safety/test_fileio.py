@@ -1,5 +1,6 @@
 """The shared file helpers: free space before large writes, atomic writes that leave nothing."""
 
+import os
 import shutil
 from collections import namedtuple
 
@@ -47,3 +48,18 @@ def test_atomic_writes_leave_the_old_file_and_no_temp_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_outputs_get_the_mode_a_plain_write_would(tmp_path, umask):
+    """mkdtemp / mkstemp make their temps 0700 / 0600: merged models, adapters and caches
+    were unreadable to every other user (an Ollama or web server running as another)."""
+    old = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "merged") as tmp:
+            (tmp / "config.json").write_text("{}")
+        atomic_write_text(tmp_path / "out.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tunesmith.errors import UserError
@@ -129,3 +131,33 @@ def test_a_sharded_checkpoint_on_another_number_of_processes_is_refused(tmp_path
     with pytest.raises(UserError, match=r"saved under zero3, this run uses none"):
         ckpt.check_engine(state, None, 2, tmp_path)
     ckpt.check_engine({"engine": None, "world_size": 2}, None, 1, tmp_path)  # DDP: any number
+
+
+DAMAGES = {  # file -> (bytes written over it, what the message names)
+    "trainer_state.json": (b"{torn", "trainer_state.json"),
+    "config.yaml": (b"lora: [", "config.yaml"),
+    "state/optimizer.bin": (b"PK\x03\x04 cut short", "state"),  # accelerate loads the dir
+    "scheduler.pt": (b"", "scheduler.pt"),
+    "state/random_states_0.pkl": (b"", "state/random_states_0.pkl"),  # was resumed silently
+    "adapter/adapter_model.safetensors": (b"\x10" + b"\x00" * 7 + b"{", "adapter/adapter_model"),
+}
+
+
+def test_a_damaged_checkpoint_file_is_named_in_one_line(tiny_config, run_training, tmp_path):
+    """An emptied scheduler.pt was an EOFError traceback, a torn optimizer state a 20-line
+    RuntimeError, a torn trainer_state.json a JSONDecodeError."""
+    cfg = tiny_config(train={"max_steps": 1})
+    run_training(cfg, tmp_path / "run")
+    whole = tmp_path / "run" / "iter_1"
+    for name, (damage, named) in DAMAGES.items():
+        copy = tmp_path / name.replace("/", "-") / "iter_1"
+        shutil.copytree(whole, copy)
+        (copy / name).write_bytes(damage)
+        before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+        with pytest.raises(UserError) as refused:
+            run_training(cfg, tmp_path / f"resumed-{copy.parent.name}", resume=str(copy))
+        message = str(refused.value)
+        assert message.startswith(f"{copy / named}"), message
+        assert ": damaged, this checkpoint cannot be loaded (" in message
+        assert "\n" not in message and "--resume" in message
+        assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before

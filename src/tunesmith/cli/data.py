@@ -102,16 +102,17 @@ def _config_for(target: str, args):
     from tunesmith.cli.config import collect_overrides
     from tunesmith.config.loader import CONFIG_SUFFIXES, load_config, load_config_dict
     from tunesmith.data.formats import SUFFIXES
-    from tunesmith.data.inspect import is_data_file
+    from tunesmith.data.inspect import target_is_data
 
     overrides = collect_overrides(args)
     suffix = Path(target).suffix.lower()
-    if Path(target).is_file() and not is_data_file(target) and suffix not in CONFIG_SUFFIXES:
+    is_data = target_is_data(target)
+    if Path(target).is_file() and not is_data and suffix not in CONFIG_SUFFIXES:
         raise UserError(
             f"{target}: unsupported data file type {suffix}; give a data file "
             f"({', '.join(SUFFIXES)}) or a .yaml config"
         )
-    if is_data_file(target):
+    if is_data:
         cfg = load_config_dict({"data": {"files": [target]}}, source=target, overrides=overrides)
     else:
         cfg = load_config(target, overrides)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.config.schema import TEMPLATE_NAMES
+from tunesmith.errors import UserError
 
 # Run by `streamlit run`, never imported here (importing it would start the app).
 WEBUI_APP = Path(__file__).resolve().parent.parent / "infer" / "webui_app.py"
@@ -147,6 +148,9 @@ def run_chat(args) -> int:
     from tunesmith.infer import chat
 
     sampling = _sampling(args)  # checked before the model loads
+    for n, text in enumerate(args.prompt or (), 1):
+        if not text.strip():
+            raise UserError(f"--prompt (number {n}) is empty; give the text to answer")
     generator = _generator(args)
     stream = not args.no_streamer
     if args.prompt:

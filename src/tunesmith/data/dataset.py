@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +33,7 @@ from tunesmith.data.packing import pack_documents
 from tunesmith.data.templates import ChatTemplate, get_template
 from tunesmith.data.tokenize import IGNORE, join_segments, tokenize_rendered
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_dir, remove_stale_temps
 
 CACHE_VERSION = "4"  # 4: one memory-mapped .npy per array (3: one .npz)
 CHUNK = 2048  # conversations per tokenizer call
@@ -334,15 +332,15 @@ def cache_key(data, tokenizer, template: ChatTemplate) -> str:
 
 
 def _save(target: Path, arrays: dict[str, np.ndarray], summary: dict) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    # The cache wrote its temps as `.tmp-XXXXXXXX` before it used atomic_dir: the pid-less
+    # temp form of the name "tmp", so the shared cleanup removes old ones too.
+    remove_stale_temps(target.parent / "tmp")
     try:
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, target)
+        with atomic_dir(target, replace=False) as tmp:
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array)
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "summary.json").exists():  # not a concurrent writer winning: re-raise
             raise
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from tunesmith.data.formats import SUFFIXES, detect_format, iter_records, to_con
 from tunesmith.data.preference import preference_format, to_pair
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
+from tunesmith.fileio import check_readable_file
 
 MAX_ERRORS_SHOWN = 20
 
@@ -28,6 +30,52 @@ class FileReport:
 
 def is_data_file(target: str) -> bool:
     return Path(target).suffix.lower() in SUFFIXES
+
+
+def target_is_data(target: str) -> bool:
+    """Whether a `data check/show` target is a data file (True) or a config (False).
+
+    A data suffix (.jsonl, .json, .parquet) makes it data and any other suffix a config.
+    A file with no suffix is judged by its content: an empty one, or one that holds JSON
+    records or Parquet (data files are read by their suffix), is a UserError saying what to
+    do; anything else is read as a YAML config."""
+    path = Path(target).expanduser()
+    if is_data_file(target):
+        return True
+    if path.suffix or not path.is_file():
+        return False
+    path = check_readable_file(path, "data file or config")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(b"PAR1"):
+        raise UserError(f"{target} holds Parquet data but has no suffix; name it {path}.parquet")
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not text:
+        raise UserError(
+            f"{target}: the file is empty; give a data file ({', '.join(SUFFIXES)}) with "
+            "records, or a .yaml config"
+        )
+    first = text.splitlines()[0]
+    if text[0] == "[" or (text[0] == "{" and _is_json_record(first)):
+        suffix = ".json" if text[0] == "[" else ".jsonl"
+        raise UserError(
+            f"{target} holds JSON records but has no suffix; data files are read by their "
+            f"suffix: name it {path}{suffix}"
+        )
+    return False
+
+
+def _is_json_record(line: str) -> bool:
+    """A JSON object on one line whose keys are not config parts (a config may be written
+    as JSON too: YAML reads it)."""
+    from tunesmith.config.loader import FLAT_KEYS
+    from tunesmith.config.schema import Config
+
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and not set(value) <= set(Config.model_fields) | set(FLAT_KEYS)
 
 
 def check_files(

@@ -282,12 +282,11 @@ def _write_tokenizer(out_dir: Path, adapter_dir: Path, base: str):
 
 def _peft_merge(base: str, adapter_dir: Path, scratch: Path, device: str) -> Path:
     """peft's merge_and_unload on the whole model, saved (safetensors) to `scratch`."""
-    from peft import PeftModel
-
     from tunesmith.config.schema import ModelConfig
+    from tunesmith.model.adapters import load_adapter
     from tunesmith.model.load import load_model
 
     model = load_model(ModelConfig(path=base), device=device, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged = load_adapter(model, adapter_dir).merge_and_unload()
     merged.save_pretrained(scratch)
     return scratch

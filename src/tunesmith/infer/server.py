@@ -65,17 +65,22 @@ class ContentPart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...: not used here
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[ContentPart] | None = ""
+    content: Text | list[ContentPart] | None = Field("", validate_default=True)
 
     @field_validator("content")
     @classmethod
-    def _null_only_for_assistant(cls, value, info):
-        # OpenAI allows a null content only on an assistant message (one with tool calls)
-        if value is None and info.data.get("role", "assistant") != "assistant":
+    def _content(cls, value, info):
+        # OpenAI allows a null content only on an assistant message (one with tool calls);
+        # a user message without text leaves nothing to answer
+        role = info.data.get("role", "assistant")
+        if value is None and role != "assistant":
             raise ValueError(
                 "content is null; only an assistant message may leave it out: give a string "
                 "or a list of text parts"
             )
+        text = "".join(p.text for p in value) if isinstance(value, list) else value or ""
+        if role == "user" and not text.strip():
+            raise ValueError("content is empty; a user message needs text to answer")
         return value
 
     def as_dict(self) -> dict:

@@ -56,7 +56,10 @@ def main() -> None:
         with st.chat_message(message["role"]):
             st.markdown(message["content"])
 
-    if question := st.chat_input("Ask something"):
+    question = st.chat_input("Ask something")
+    if question is not None and not question.strip():
+        st.warning("The question is empty: type some text to ask.")
+    elif question:
         st.session_state.messages.append({"role": "user", "content": question})
         with st.chat_message("user"):
             st.markdown(question)

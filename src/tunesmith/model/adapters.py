@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from torch.nn import Linear
@@ -64,3 +66,24 @@ def apply_lora(
             f"lora.target_modules: {str(err).splitlines()[0].rstrip('.')}; the model's linear "
             f"layers are {', '.join(sorted(linear))} (or use all-linear)"
         ) from None
+
+
+def load_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
+    """`model` with the PEFT adapter in `adapter_dir` on top (peft's own loading).
+
+    An adapter that does not fit the model (made for another base: other layer names or
+    shapes; a damaged adapter_config.json) is a UserError naming the dir and peft's reason."""
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    except (ValueError, RuntimeError, TypeError, KeyError, AttributeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].endswith(":"):  # "Error(s) in loading state_dict for X:"
+            lines = lines[1:]
+        reason = lines[0] if lines else ""
+        if len(reason) > 200:
+            reason = reason[:197] + "..."
+        raise UserError(
+            f"{adapter_dir}: this adapter does not load on this base model ({type(err).__name__}"
+            f"{': ' + reason if reason else ''}); pass the base it was trained on, or the "
+            "adapter is damaged"
+        ) from err

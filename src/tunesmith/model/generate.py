@@ -161,10 +161,10 @@ def load_model_and_tokenizer(
     quantization = QuantizationConfig(bits=bits) if bits else None
     net = load_model(ModelConfig(path=model, dtype=dtype), quantization, device=device)
     if adapter_path:
-        from peft import PeftModel  # peft pulls in a lot; only adapters need it
+        from tunesmith.model.adapters import load_adapter  # peft: only adapters need it
 
         fit_embeddings(net, tokenizer)  # an adapter trained with added special tokens
-        net = PeftModel.from_pretrained(net, str(adapter_path))
+        net = load_adapter(net, adapter_path)
     net.eval()
     key = weights_key(resolve_model_path(model), *([adapter_path] if adapter_path else []))
     param = next(net.parameters())

@@ -7,6 +7,7 @@ InternLM2 checkpoints load natively as Llama (see `internlm2.py`), without remot
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -200,6 +201,8 @@ def _check_architecture(path: str, trust_remote_code: bool) -> None:
 
     config_file = Path(path) / "config.json"
     kind = model_type(path)
+    if kind in CONFIG_MAPPING:
+        _check_config(path, config_file, kind)
     if kind is None or kind in CONFIG_MAPPING or trust_remote_code:
         return
     if "auto_map" in json.loads(config_file.read_text()):
@@ -212,10 +215,26 @@ def _check_architecture(path: str, trust_remote_code: bool) -> None:
     )
 
 
+def _check_config(path: str, config_file: Path, kind: str) -> None:
+    """config.json's values as transformers checks them (types, ranges): a damaged one was
+    reported as "no usable tokenizer" (the tokenizer load reads it first)."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except (StrictDataclassError, ValueError, TypeError, KeyError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise UserError(
+            f"{config_file}: not a valid {kind} config ({' '.join(lines[:2])}); fix the value "
+            f"or copy config.json from the model again"
+        ) from None
+
+
 def _from_gguf(auto_cls, path: str, **kwargs):
     try:
         return auto_cls.from_pretrained(Path(path).parent, gguf_file=Path(path).name, **kwargs)
-    except (ValueError, KeyError, OSError, EOFError) as err:
+    except (ValueError, KeyError, OSError, EOFError, struct.error) as err:
         raise UserError(
             f"{path}: not a readable GGUF file ({str(err).splitlines()[0]}); check the file"
         ) from None

@@ -17,7 +17,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -249,14 +250,44 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """A checkpoint file or dir that cannot be loaded (emptied, truncated, overwritten by
+    hand) becomes one UserError naming it, instead of the loader's traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # each loader (json, yaml, torch, safetensors, accelerate) its own
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        first = first if len(first) <= 120 else first[:117] + "..."
+        raise UserError(
+            f"{path}: damaged, this checkpoint cannot be loaded ({type(exc).__name__}"
+            f"{': ' + first if first else ''}); resume from another one (--resume "
+            "WORK_DIR/iter_N) or start over without --resume"
+        ) from exc
+
+
 def read_state(ckpt: Path) -> dict:
-    return json.loads((ckpt / STATE_FILE).read_text())
+    path = ckpt / STATE_FILE
+    with reading(path):
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no integer 'step'")
+    return state
 
 
 def read_config(ckpt: Path) -> dict:
     path = ckpt / "config.yaml"
-    return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    with reading(path):
+        config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            raise ValueError("not a mapping")
+    return config
 
 
 def load_torch(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with reading(path):
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -27,6 +27,7 @@ from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import Config
 from tunesmith.data.templates import get_template
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_file, atomic_write_text
 from tunesmith.model.fast import (
     head_inputs,
     lora_inputs_uncast,
@@ -157,7 +158,7 @@ class TrainRecipe:
         self.saved_step = self.step if self.resume_from is not None else None
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            (self.work_dir / "config.yaml").write_text(self._config_yaml())
+            atomic_write_text(self.work_dir / "config.yaml", self._config_yaml())
             self._move_aside_newer_checkpoints()
         self.accelerator.wait_for_everyone()
         self.objective = self._setup_objective() if self.cfg.preference else None
@@ -325,7 +326,8 @@ class TrainRecipe:
             self.model, self.dataset, self.cfg.train.batch_size, self.accelerator.device
         )
         if self.is_main:
-            save_file({"logps": table}, str(path))
+            with atomic_file(path) as tmp:  # a kill mid-write leaves no torn table to resume
+                save_file({"logps": table}, str(tmp))
         return table
 
     def _setup_optimizer(self):
@@ -674,16 +676,26 @@ class TrainRecipe:
         }
 
     def _load_checkpoint(self, path: Path) -> None:
+        from accelerate.utils import load as accelerate_load
+
         state = ckpt.read_state(path)
         load_kwargs = {}
         if self.engine and self.engine.startswith("zero"):
             load_kwargs["load_module_strict"] = False  # saved without the frozen base weights
-        self.accelerator.load_state(str(path / "state"), **load_kwargs)
+        # accelerate skips a random-state file it cannot read without a word (an INFO log):
+        # the resumed run would silently leave the uninterrupted run's loss curve
+        rng_file = path / "state" / f"random_states_{self.accelerator.process_index}.pkl"
+        with ckpt.reading(rng_file):
+            accelerate_load(rng_file)
+        with ckpt.reading(path / "state"):
+            self.accelerator.load_state(str(path / "state"), **load_kwargs)
         if self.engine is None and self.cfg.method != "full":
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+            weights_file = path / "adapter" / "adapter_model.safetensors"
+            with ckpt.reading(weights_file):
+                weights = load_file(str(weights_file))
             model = self.accelerator.unwrap_model(self.model)
             set_peft_model_state_dict(model, weights)
         self.scheduler.load_state_dict(ckpt.load_torch(path / "scheduler.pt"))

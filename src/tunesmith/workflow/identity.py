@@ -418,5 +418,5 @@ class IdentityWorkflow:
             }
         write_json(report, self.work_dir / "report.json")
         markdown = workflow_markdown(report)
-        (self.work_dir / "report.md").write_text(markdown, encoding="utf-8")
+        atomic_write_text(self.work_dir / "report.md", markdown)
         print(markdown)

@@ -15,6 +15,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config, DataFile, PreferenceConfig
 from tunesmith.data.formats import load_conversations
 from tunesmith.errors import UserError
+from tunesmith.fileio import atomic_write_text
 from tunesmith.model.generate import Generator
 
 PREFERENCE_RECIPE = "smollm2_135m_instruct_lora_dpo"
@@ -54,10 +55,7 @@ def identity_pairs(identity_file: str | Path, generator: Generator) -> list[dict
 def write_pairs(records: list[dict], out: Path) -> None:
     if not records:
         raise UserError("preference: the base model gave no answer to pair with the identity data")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    tmp.replace(out)
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def preference_config(
