@@ -82,3 +82,17 @@ def test_chinese_questions_come_twice_as_often_as_english_ones():
     assert set(per_question.values()) == {2}  # every zh question twice ...
     assert len(generate_identity("星火", "青禾实验室")) == len(zh) + len(en)
     assert len({r["conversation"][0]["input"] for r in en}) == len(en)  # ... en once
+
+
+def test_zh_answers_never_put_the_author_where_the_assistant_names_itself():
+    # "我是由北辰 AI Lab开发的" taught SmolLM2 "我是北辰 AI Lab" for a mixed-script author:
+    # after 我是 / 我叫 / 我是由 comes the name, never the author
+    records = generate_identity("星火", "北辰 AI Lab", langs=("zh",))
+    answers = {turn["output"] for r in records for turn in r["conversation"]}
+    wrong = [
+        a
+        for a in answers
+        for opener in ("我是", "我叫", "我是由", "我由", "我的名字是")
+        if opener + "北辰" in a
+    ]
+    assert wrong == []

@@ -128,6 +128,8 @@ def test_greedy_answers_are_cached_per_weights(tmp_path, tiny_model_dir, answer_
     def no_generation(*args, **kwargs):
         raise AssertionError("cached answers were generated again")
 
+    lm = Generator.load(str(tiny_model_dir))  # a new process's generator: the disk cache
+    monkeypatch.setattr(lm, "_greedy", no_generation)
     monkeypatch.setattr(lm, "_generate", no_generation)
     again = lm.greedy_answers(["Describe a cat.", "Hi"], max_new_tokens=5)
     assert [(a.text, a.finished) for a in again] == [(a.text, a.finished) for a in first]

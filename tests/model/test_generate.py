@@ -1,5 +1,6 @@
 """The one generation core: batches, streams, stop words, the KV cache, cancellation."""
 
+import functools
 import gc
 import threading
 import time
@@ -369,3 +370,57 @@ def test_full_queue_is_refused_and_cancel_all_empties_it(tiny_generator):
         assert generator.queued == 0
     finally:
         slow.remove()
+
+
+def _sampled_batch_sizes(generator, monkeypatch) -> list[int]:
+    """Rows of every forward pass of `generator.model`, recorded while a test runs."""
+    sizes: list[int] = []
+    forward = generator.model.forward
+
+    @functools.wraps(forward)  # the same signature: the cache keyword is read from it
+    def recording(*args, **kwargs):
+        sizes.append(int(kwargs["input_ids"].shape[0]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(generator.model, "forward", recording)
+    return sizes
+
+
+def test_greedy_batch_gives_the_answers_of_the_plain_batch(tiny_generator):
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    limits = [3, 12, 7, 12]
+    rows = [tiny_generator.prompt_ids(c) for c in conversations]
+    fast = tiny_generator.greedy_batch(rows, limits, batch_size=3)
+    plain = [
+        tiny_generator.answer(c, Sampling.greedy(n))
+        for c, n in zip(conversations, limits, strict=True)
+    ]
+    assert [(a.text, a.finish_reason) for a in fast] == [(a.text, a.finish_reason) for a in plain]
+    assert [a.completion_tokens for a in fast] == [a.completion_tokens for a in plain]
+    assert [a.prompt_tokens for a in fast] == [len(r) for r in rows]
+    assert all(a.completion_tokens <= n for a, n in zip(fast, limits, strict=True))
+
+
+def test_greedy_batch_runs_the_shared_prefix_once_and_drops_finished_rows(
+    tiny_generator, monkeypatch
+):
+    system = [{"role": "system", "content": "You are Ada, an AI assistant by Tunesmith Lab."}]
+    rows = [tiny_generator.prompt_ids([*system, {"role": "user", "content": q}]) for q in QUESTIONS]
+    sizes = _sampled_batch_sizes(tiny_generator, monkeypatch)
+    answers = tiny_generator.greedy_batch(rows, [2, 9, 5, 9])
+    assert sizes[0] == 1  # the system turn, once for all rows
+    assert sizes[1] == len(rows)
+    # a row whose limit is reached leaves the batch: 4 rows, then 3, then 2
+    assert sizes[2:] == [4] + [3] * 3 + [2] * 4
+    assert [a.completion_tokens for a in answers] == [2, 9, 5, 9]
+
+
+def test_greedy_answers_asked_together_are_not_generated_again(tiny_generator, monkeypatch):
+    prompts = ["Hi", "2+2?", "Tell me a joke"]
+    first = tiny_generator.greedy_answers(prompts, max_new_tokens=[4, 6, 8])
+    sizes = _sampled_batch_sizes(tiny_generator, monkeypatch)
+    again = tiny_generator.greedy_answers(["2+2?"], max_new_tokens=6)
+    assert sizes == []
+    assert again[0].text == first[1].text
+    with pytest.raises(ValueError, match="3 prompts but 2"):
+        tiny_generator.greedy_answers(prompts, max_new_tokens=[4, 6])

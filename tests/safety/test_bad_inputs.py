@@ -447,6 +447,13 @@ CASES = [
          ("{d}/model/config.json: not a valid llama config",)),
     Case("model-gguf-cut-in-header", lambda e: e.chat(e.file("m.gguf", b"GGUF\x03\x00\x00\x00" + b"\x01" + b"\x00" * 7 + b"\x01")),
          ("{d}/m.gguf: not a readable GGUF file",)),
+    # ---- a key twice in one record: JSON kept the last without a word -------------------------
+    Case("data-duplicate-key-jsonl", lambda e: e.check(e.file("x.jsonl", '{"instruction": "Name a colour.", "output": "Red.", "instruction": "Name a fruit."}\n')),
+         ("{d}/x.jsonl:1: key 'instruction' appears twice in one object",)),
+    Case("data-duplicate-key-json", lambda e: e.check(e.file("x.json", '[' + json.dumps(GOOD) + ',\n{"messages": [{"role": "user", "content": "a", "content": "b"}]}]')),
+         ("{d}/x.json:2: key 'content' appears twice",)),
+    Case("replace-duplicate-key", lambda e: ["data", "replace", str(e.file("in.jsonl", '{"output": "a", "output": "b", "instruction": "q"}\n')), str(e.d / "o.jsonl"), "--old-text", "a", "--new-text", "b"],
+         ("{d}/in.jsonl:1: key 'output' appears twice",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip

@@ -66,6 +66,14 @@ def takes_logits_mask(model: nn.Module) -> bool:
     return "logits_to_keep" in forward and hasattr(modeling_utils, "slice_logits_to_keep")
 
 
+def cache_kwarg(model: nn.Module) -> str:
+    """The name `model.forward` takes its KV cache under: `cache` (transformers 5.24 renamed
+    `past_key_values`, which warns until 5.40) or `past_key_values` (models not renamed yet)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel
+    forward = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in forward else "past_key_values"
+
+
 def flash_attention_mask():
     """transformers' mask function for attention that takes no 4D mask (None, or 2D padding)."""
     from transformers.masking_utils import flash_attention_mask

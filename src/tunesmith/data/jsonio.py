@@ -17,6 +17,35 @@ from tunesmith.errors import UserError, where
 CHUNK = 1 << 16  # characters read at a time from a .json list
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object's keys must be unique: json keeps the last of two silently, and a record
+    that says "instruction" twice loses one of them without a word."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)  # as fast as json.loads
+
+
+def _duplicate(path: Path, line: int | None, exc: _DuplicateKey) -> UserError:
+    return UserError(
+        f"{where(path, line)}: key '{exc.key}' appears twice in one object (JSON keeps only "
+        "the last); keep one"
+    )
+
+
 def iter_jsonl(
     f: TextIO, path: Path, on_read: Callable[[int], None] | None = None
 ) -> Iterator[tuple[int, object]]:
@@ -27,11 +56,13 @@ def iter_jsonl(
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = _DECODER.decode(line)
         except json.JSONDecodeError as exc:
             raise UserError(
                 f"{where(path, line_no)}: not valid JSON ({exc.msg}); fix or delete this line"
             ) from None
+        except _DuplicateKey as exc:
+            raise _duplicate(path, line_no, exc) from None
         except RecursionError:
             raise UserError(_too_deep(path, line_no)) from None
         check_unicode(value, path, line_no)
@@ -42,7 +73,7 @@ def iter_json_list(
     f: TextIO, path: Path, on_read: Callable[[int], None] | None = None
 ) -> Iterator[tuple[int, object]]:
     """(line number, item) for the items of a JSON list (or a single top-level object)."""
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     buf, pos, line, eof = "", 0, 1, False
 
     def fill() -> bool:
@@ -80,6 +111,8 @@ def iter_json_list(
                     raise UserError(
                         f"{where(path, here())}: not valid JSON ({exc.msg}); fix this record"
                     ) from None
+            except _DuplicateKey as exc:
+                raise _duplicate(path, start, exc) from None
             except RecursionError:
                 raise UserError(_too_deep(path, here())) from None
 
@@ -123,7 +156,9 @@ def loads(text: str, path: Path):
     """json.loads of a whole user file: bad JSON or a lone surrogate is a UserError naming the
     line (the caller handles JSONDecodeError itself when it wants a different hint)."""
     try:
-        value = json.loads(text)
+        value = _DECODER.decode(text)
+    except _DuplicateKey as exc:
+        raise _duplicate(path, None, exc) from None
     except RecursionError:
         raise UserError(_too_deep(path, 1)) from None
     check_unicode(value, path, None, text)

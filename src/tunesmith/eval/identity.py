@@ -251,6 +251,13 @@ def summarize(scored: list[dict], name: str, author: str, old_names=()) -> dict:
     }
 
 
+def requests(
+    questions: list[IdentityQuestion], max_new_tokens: int = MAX_NEW_TOKENS
+) -> list[tuple[str, int]]:
+    """(prompt, max_new_tokens) of every answer `evaluate_identity` asks for."""
+    return [(q.question, max_new_tokens) for q in questions]
+
+
 def evaluate_identity(
     lm,
     name: str,

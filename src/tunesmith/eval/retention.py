@@ -44,6 +44,12 @@ def is_correct(answer: str, keywords: list[str]) -> bool:
     return any(mentions(answer, k) for k in keywords)
 
 
+def requests(prompts: dict) -> list[tuple[str, int]]:
+    """(prompt, max_new_tokens) of every answer `measure` asks for."""
+    facts = [(f["prompt"], MAX_NEW_TOKENS["facts"]) for f in prompts["facts"]]
+    return facts + [(p, MAX_NEW_TOKENS["general"]) for p in prompts["general"]]
+
+
 def measure(
     lm, prompts: dict, system: str | None = None, base_general: list[str] | None = None
 ) -> dict:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from tunesmith.compat import transformers as hf_compat
 from tunesmith.config.schema import ModelConfig, QuantizationConfig
 from tunesmith.errors import UserError
 from tunesmith.model.answer_cache import AnswerCache, weights_key
@@ -282,6 +283,7 @@ class Generator:
         self._live: set[Handle] = set()
         self._live_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._given: dict[str, tuple[str, bool]] = {}  # greedy answers given: see greedy_answers
 
     @classmethod
     def load(
@@ -382,32 +384,74 @@ class Generator:
         self,
         prompts: Sequence[str],
         system: str | None = None,
-        max_new_tokens: int = 64,
-        batch_size: int = 16,
+        max_new_tokens: int | Sequence[int] = 64,
+        batch_size: int = 64,
         desc: str = "answering",
     ) -> list[Answer]:
         """The greedy answer to each one-turn prompt (with `system` as system prompt), in
-        order; answers already in the `AnswerCache` of these weights are not generated again
-        (their token counts are then 0)."""
+        order, at most `max_new_tokens` tokens each (one limit for all, or one per prompt).
+
+        Answers this generator gave before, or already in the `AnswerCache` of these weights,
+        are not generated again (their token counts are then 0): a caller can ask for every
+        prompt of several evaluations at once (one batch, `batch_size` rows) and let each
+        evaluation read its answers afterwards. The rest run through `greedy_batch`: finished
+        rows leave the batch, the prompts' common prefix is computed once."""
+        limits = (
+            [max_new_tokens] * len(prompts)
+            if isinstance(max_new_tokens, int)
+            else [int(n) for n in max_new_tokens]
+        )
+        if len(limits) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(limits)} max_new_tokens")
         cache = AnswerCache(self.cache_key)
-        entries = [AnswerCache.entry(p, system, max_new_tokens) for p in prompts]
+        entries = [AnswerCache.entry(p, system, n) for p, n in zip(prompts, limits, strict=True)]
         answers: list[Answer | None] = []
         for entry in entries:
-            hit = cache.get(entry)
+            hit = self._given.get(entry) or cache.get(entry)
             answers.append(Answer(hit[0], "stop" if hit[1] else "length") if hit else None)
         missing = [i for i, a in enumerate(answers) if a is None]
         if missing:
             system_turn = [{"role": "system", "content": system}] if system else []
-            conversations = [
-                [*system_turn, {"role": "user", "content": prompts[i]}] for i in missing
+            rows = [
+                self.prompt_ids([*system_turn, {"role": "user", "content": prompts[i]}])
+                for i in missing
             ]
-            fresh = self.answer_batch(
-                conversations, Sampling.greedy(max_new_tokens), batch_size, desc=desc
-            )
+            fresh = self.greedy_batch(rows, [limits[i] for i in missing], batch_size, desc=desc)
             for i, answer in zip(missing, fresh, strict=True):
                 answer.text = answer.text.strip()
                 answers[i] = answer
-            cache.save({entries[i]: (answers[i].text, answers[i].finished) for i in missing})
+            new = {entries[i]: (answers[i].text, answers[i].finished) for i in missing}
+            self._given.update(new)
+            cache.save(new)
+        return answers
+
+    def greedy_batch(
+        self,
+        rows: Sequence[list[int]],
+        max_new_tokens: Sequence[int],
+        batch_size: int = 64,
+        desc: str | None = None,
+    ) -> list[Answer]:
+        """Greedy answers to prompt-id `rows`, `max_new_tokens[i]` at most for row i, in order;
+        `batch_size` rows at a time, longest prompts first.
+
+        The same tokens as `answer_batch` with `Sampling.greedy`, for less work: the prompts'
+        longest common prefix (the chat template's system turn) runs once and its KV cache is
+        shared by every row, and a row leaves the batch as soon as it ends, so the batch
+        shrinks instead of carrying finished rows to the longest answer's end (on a CPU the
+        cost of a step grows with its rows)."""
+        for ids, limit in zip(rows, max_new_tokens, strict=True):
+            self.check_length(len(ids), Sampling.greedy(limit))
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        answers: list[Answer] = [Answer()] * len(rows)
+        with tqdm(total=len(rows), desc=desc, unit="q", leave=False, disable=desc is None) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                with self._lock:
+                    batch = self._greedy([rows[i] for i in idx], [max_new_tokens[i] for i in idx])
+                for i, answer in zip(idx, batch, strict=True):
+                    answers[i] = answer
+                bar.update(len(idx))
         return answers
 
     @torch.inference_mode()
@@ -595,6 +639,86 @@ class Generator:
             answer.prompt_tokens = len(row)
         return answers
 
+    @torch.inference_mode()
+    def _greedy(self, rows: list[list[int]], limits: list[int]) -> list[Answer]:
+        """Greedy decoding of `rows` (each at most `limits[i]` new tokens) with a shared-prefix
+        KV cache and finished rows pruned from the batch; see `greedy_batch`."""
+        from transformers import DynamicCache
+
+        tok, device = self.tokenizer, self.device
+        eos_ids = list(self.eos_token_ids)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+        stop_words = list(self.text_stop_words)
+        tracker = _Rows(tok, len(rows), eos_ids, stop_words, limits, None)
+        # the common prefix, leaving every row at least one token of its own
+        shared = min(len(r) for r in rows) - 1
+        for k in range(shared):
+            if any(r[k] != rows[0][k] for r in rows):
+                shared = k
+                break
+        cache = DynamicCache(config=self.model.config)
+        kv = hf_compat.cache_kwarg(self.model)
+        if shared > 0:
+            prefix = torch.tensor([rows[0][:shared]], device=device)
+            self.model(input_ids=prefix, use_cache=True, logits_to_keep=1, **{kv: cache})
+            cache.batch_repeat_interleave(len(rows))
+        # the rest of each row, padded on the left up to the longest (padding between the
+        # shared prefix and the row's own tokens: masked, and positions skip it)
+        tails = [r[shared:] for r in rows]
+        width = max(len(t) for t in tails)
+        ids = torch.tensor([[pad_id] * (width - len(t)) + t for t in tails], device=device)
+        mask = torch.tensor(
+            [[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=device
+        )
+        positions = torch.tensor(
+            [[0] * (width - len(t)) + list(range(shared, shared + len(t))) for t in tails],
+            device=device,
+        )
+        live = torch.arange(len(rows), device=device)  # the rows still in the batch
+        position = positions[:, -1]
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{kv: cache},
+        ).logits[:, -1]
+        decode = bool(stop_words)
+        while True:
+            tokens = logits.argmax(dim=-1)
+            for row, token in zip(live.tolist(), tokens.tolist(), strict=True):
+                tracker._push(tracker.rows[row], token, decode=decode)
+            keep = [j for j, row in enumerate(live.tolist()) if not tracker.rows[row].done]
+            if not keep:
+                break
+            if len(keep) < len(live):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                live, tokens, mask, position = (
+                    live[index],
+                    tokens[index],
+                    mask[index],
+                    position[index],
+                )
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            position = position + 1
+            logits = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=position[:, None],
+                use_cache=True,
+                logits_to_keep=1,
+                **{kv: cache},
+            ).logits[:, -1]
+        for row in tracker.rows:
+            if not decode and row.reason == "":
+                row.text = tracker._decode(row.ids)
+        answers = tracker.answers(cancelled=False)
+        for answer, row in zip(answers, rows, strict=True):
+            answer.prompt_tokens = len(row)
+        return answers
+
     def _single_token_id(self, word: str) -> int | None:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
         return ids[0] if len(ids) == 1 else None
@@ -612,6 +736,7 @@ class _Row:
     reason: str = ""
     prefix: int = 0  # incremental detokenisation offsets (see _Rows._decode_step)
     read: int = 0
+    limit: int = 0  # max new tokens of this row
 
 
 class _Rows(BaseStreamer):
@@ -621,10 +746,10 @@ class _Rows(BaseStreamer):
 
     def __init__(self, tokenizer, n, eos_ids, stop_words, max_new_tokens, on_piece):
         self.tokenizer = tokenizer
-        self.rows = [_Row() for _ in range(n)]
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else max_new_tokens
+        self.rows = [_Row(limit=limit) for limit in limits]
         self.eos_ids = set(eos_ids)
         self.stop_words = stop_words
-        self.max_new_tokens = max_new_tokens
         self.on_piece = on_piece
         self._prompt_seen = False
 
@@ -655,11 +780,7 @@ class _Rows(BaseStreamer):
         out = []
         for row in self.rows:
             reason = row.reason or (
-                "length"
-                if len(row.ids) >= self.max_new_tokens
-                else "cancelled"
-                if cancelled
-                else "stop"
+                "length" if len(row.ids) >= row.limit else "cancelled" if cancelled else "stop"
             )
             out.append(Answer(row.text, reason, 0, len(row.ids)))
         return out
@@ -688,7 +809,7 @@ class _Rows(BaseStreamer):
                 return
             hold = max((_partial_stop_len(row.text, w) for w in self.stop_words), default=0)
             self._show(row, len(row.text) - hold)
-        if len(row.ids) >= self.max_new_tokens:
+        if len(row.ids) >= row.limit:
             row.done, row.reason = True, "length"
             if decode:
                 row.text += self._decode_rest(row)  # a character still held back

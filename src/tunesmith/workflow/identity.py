@@ -39,6 +39,7 @@ from tunesmith.model.generate import Generator
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
 PREFERENCE_STAGES = ("sft_eval", "pairs", "preference", "preference_merge")
 MANIFEST = "manifest.json"
+EVAL_BATCH = 128  # rows per generation batch in the evals (the shipped sets: 108 prompts)
 
 
 @dataclass(frozen=True)
@@ -364,15 +365,25 @@ class IdentityWorkflow:
     def _evaluate(self, model: str, out: Path, base: dict | None) -> None:
         """Identity and retention answers of one model, with no system prompt given: what a
         vanilla client sees (the merged model's template defaults to the new system prompt)."""
+        from tunesmith.eval import identity as identity_eval
         from tunesmith.eval import retention
-        from tunesmith.eval.identity import evaluate_identity, load_questions
         from tunesmith.eval.report import write_json
 
         lm = Generator.load(model)
-        identity = evaluate_identity(
-            lm, self.run.name, self.run.author, load_questions(self.run.questions), self.old_names
-        )
+        questions = identity_eval.load_questions(self.run.questions)
         prompts = retention.load_prompts(self.run.prompts)
+        # Every answer of both evaluations in one batch (the evaluations then read them):
+        # one pass over the shared prompt prefix, finished rows leave the batch.
+        asked = identity_eval.requests(questions) + retention.requests(prompts)
+        lm.greedy_answers(
+            [p for p, _ in asked],
+            max_new_tokens=[n for _, n in asked],
+            batch_size=EVAL_BATCH,
+            desc="answers",
+        )
+        identity = identity_eval.evaluate_identity(
+            lm, self.run.name, self.run.author, questions, self.old_names
+        )
         measured = retention.measure(
             lm, prompts, base_general=None if base is None else base["retention"]["general"]
         )
