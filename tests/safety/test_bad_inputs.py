@@ -463,6 +463,13 @@ CASES = [
          ("--system is not UTF-8 text",)),
     Case("webui-system-not-utf8", lambda e: ["webui", str(e.model), "--system", "caf\udce9"],
          ("--system is not UTF-8 text",)),
+    # ---- a damaged run config in the work dir: a YAML or UnicodeDecodeError traceback --------
+    Case("work-dir-config-not-yaml", lambda e: e.train(e.config()) if e.file("work/config.yaml", "model: [") else [],
+         ("{d}/work/config.yaml: the run config of this work dir is damaged (",)),
+    Case("work-dir-config-not-utf8", lambda e: e.train(e.config()) if e.file("work/config.yaml", b"\xff\xfe\x00garbage") else [],
+         ("{d}/work/config.yaml: the run config of this work dir is damaged (UnicodeDecodeError)",)),
+    Case("work-dir-config-a-list", lambda e: e.train(e.config()) if e.file("work/config.yaml", "- a\n") else [],
+         ("{d}/work/config.yaml: the run config of this work dir is damaged (list)",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
