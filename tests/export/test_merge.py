@@ -220,3 +220,17 @@ def test_internlm2_format_needs_an_internlm2_base(tiny_model_dir, tmp_path, caps
     adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")
     assert _merge(tiny_model_dir, adapter, tmp_path / "merged", "--format", "internlm2") == 2
     assert "InternLM2 base" in capsys.readouterr().err
+
+
+def test_a_merge_into_another_base_than_the_adapters_says_so(tiny_model_dir, tmp_path, capsys):
+    """Another base of the same shapes (a base model for its instruct variant) merged without
+    a word: the output is a wrong model."""
+    import shutil
+
+    adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")
+    assert _merge(tiny_model_dir, adapter, tmp_path / "same") == 0
+    assert "trained on" not in capsys.readouterr().out
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-base")
+    assert _merge(other, adapter, tmp_path / "merged") == 0
+    out = capsys.readouterr().out
+    assert f"note: the adapter was trained on {tiny_model_dir}, not {other}" in out

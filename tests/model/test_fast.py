@@ -337,3 +337,47 @@ def test_liger_stays_off_under_weight_sharding_engines():
     assert fast.plan_for(cfg, "cuda", liger_available=True, varlen_available=True).liger
     sharded = fast.plan_for(cfg, "cuda", True, True, sharded_weights=True)
     assert not sharded.liger
+
+
+def test_document_groups_share_a_call_only_within_the_padding_bound():
+    # 90..52: one call (padded work 7 x 90^2 is 1.6x the documents' own); the short ones are
+    # not all padded to the 400-token one (at most one fits the 2x bound beside it)
+    assert fast.document_groups([52, 61, 70, 75, 80, 88, 90]) == [[6, 5, 4, 3, 2, 1, 0]]
+    groups = fast.document_groups([10] * 8 + [400] + [3])
+    assert groups[0][0] == 8 and len(groups[0]) == 2
+    assert sorted(i for g in groups for i in g) == list(range(10))
+    for group in groups:
+        longest = max(10 if i < 8 else 400 if i == 8 else 3 for i in group)
+        work = sum((10 if i < 8 else 400 if i == 8 else 3) ** 2 for i in group)
+        assert len(group) * longest**2 <= 2 * work
+
+
+def test_document_batches_gather_every_token_once_and_scatter_it_back():
+    offsets = [0, 5, 12, 15, 30, 31]  # lengths 5, 7, 3, 15, 1: several groups, a 1-token document
+    plan = fast.document_batches(offsets)
+    tokens = torch.arange(31.0)
+    padded = torch.cat([torch.cat([tokens, torch.tensor([-1.0])])[i] for i, _, _ in plan.gathers])
+    torch.testing.assert_close(padded[plan.scatter], tokens)
+    assert (padded == -1).sum() == sum(d * m for _, d, m in plan.gathers) - 31
+
+
+@pytest.mark.parametrize("lengths", [[5, 7, 3, 15], [1, 2, 30, 4, 4, 4, 4, 1], [40]])
+def test_documents_as_a_batch_give_the_masked_rows_loss_and_grads(lengths):
+    """Documents of mixed lengths (several padded groups) in two rows: the loss and every
+    gradient of SDPA's block mask over the packed rows."""
+    pos = torch.cat([torch.arange(n) for n in lengths])
+    pos = torch.stack([pos, torch.cat([torch.arange(len(pos) - 3), torch.arange(3)])])
+    x = torch.randint(0, 128, pos.shape)
+    reference = tiny_llama(seed=3).train()
+    ref_loss = reference(input_ids=x, position_ids=pos, labels=x, use_cache=False).loss
+    ref_loss.backward()
+
+    model = tiny_llama(seed=3).train()
+    fast.register_varlen_attention()
+    model.set_attn_implementation(fast.VARLEN)
+    loss = model(input_ids=x, position_ids=pos, labels=x, use_cache=False).loss
+    loss.backward()
+
+    torch.testing.assert_close(loss, ref_loss)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

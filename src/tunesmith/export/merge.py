@@ -63,7 +63,7 @@ def merge(
     check_outside(out_dir, adapter_dir, "merged model")
     if Path(base).expanduser().is_dir():
         check_outside(out_dir, base, "merged model")
-    read_adapter_config(adapter_dir)  # the adapter is checked before any work
+    adapter_config = read_adapter_config(adapter_dir)  # the adapter is checked before any work
     check_weights(adapter_dir, "adapter")
     max_bytes = parse_size(max_shard_size)
     device = resolve_device(device)
@@ -71,7 +71,7 @@ def merge(
     is_internlm2 = model_type(base_dir) == internlm2.MODEL_TYPE
     fmt = _output_format(fmt, is_internlm2)
     train_cfg = _training_config(adapter_dir)
-    notes = []
+    notes = [note] if (note := _other_base_note(adapter_config, base, base_dir)) else []
     if train_cfg is not None and train_cfg.quantization is not None:
         notes.append(
             f"the adapter was trained on a {train_cfg.quantization.bits}-bit quantized base "
@@ -109,6 +109,21 @@ def merge(
                     shutil.copy2(extra, tmp / extra.name)
     files = [out_dir / f.name for f in files]
     return MergeResult(out_dir, files, out_dtype, fmt, method, notes)
+
+
+def _other_base_note(adapter_config: dict, base: str, base_dir: Path) -> str | None:
+    """A note when the adapter names another base than BASE: one of the same shapes (a base
+    model for its instruct variant, another fine-tune) merges without an error, wrongly."""
+    trained_on = adapter_config.get("base_model_name_or_path")
+    if not trained_on or trained_on == base:
+        return None
+    recorded = Path(trained_on).expanduser()
+    if recorded.exists() and recorded.resolve() == base_dir.resolve():
+        return None
+    return (
+        f"the adapter was trained on {trained_on}, not {base}: the merge is right only if "
+        "both hold the same weights"
+    )
 
 
 def _output_format(fmt: str, is_internlm2: bool) -> str:

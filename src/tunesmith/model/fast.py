@@ -1,9 +1,10 @@
 """Training speed on CUDA: fused kernels, padding-free attention, no fp32 copies of frozen weights.
 
 `optimize_for_training(model, cfg)` is called by the recipe once the model is loaded (before or
-after LoRA is applied). On a CPU it only runs packed attention one document at a time (SDPA has
-no varlen kernel there, and a masked row-wide attention computes every cross-document pair
-only to throw it away) and applies `train.checkpoint_layers`. On CUDA it
+after LoRA is applied). On a CPU it only runs packed attention over the documents as a batch of
+documents, padded to the longest of similar-length groups (SDPA has no varlen kernel there, and
+a masked row-wide attention computes every cross-document pair only to throw it away), runs the
+output head only where a label is trained, and applies `train.checkpoint_layers`. On CUDA it
 
 - casts frozen fp32 float weights (the 92k-vocab head, embeddings, norms that peft's
   `prepare_model_for_kbit_training` upcasts) back to the compute dtype;
@@ -241,6 +242,7 @@ class _SeqlensCache:
 
     position_ids: torch.Tensor | None = None
     value: tuple[torch.Tensor, int] | None = None
+    batches: DocumentBatches | None = None
 
     @classmethod
     def get(cls, position_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:
@@ -248,7 +250,15 @@ class _SeqlensCache:
             # transformers passes (1, L) position_ids for a whole batch when the caller gave none
             cls.position_ids = position_ids
             cls.value = cu_seqlens(position_ids.expand(batch, -1))
+            cls.batches = None
         return cls.value
+
+    @classmethod
+    def documents(cls, position_ids: torch.Tensor, batch: int) -> DocumentBatches:
+        offsets = cls.get(position_ids, batch)[0]
+        if cls.batches is None:
+            cls.batches = document_batches(offsets.tolist(), offsets.device)
+        return cls.batches
 
 
 def varlen_attention(
@@ -272,7 +282,7 @@ def varlen_attention(
     if not packed:
         return _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if not query.is_cuda:
-        return _per_document_sdpa(query, key, value, position_ids, scaling, dropout), None
+        return _documents_as_batch_sdpa(query, key, value, position_ids, scaling, dropout), None
     from torch.nn.attention.varlen import varlen_attn
 
     offsets, longest = _SeqlensCache.get(position_ids, batch)
@@ -292,27 +302,97 @@ def varlen_attention(
     return out.view(batch, length, heads, dim), None
 
 
-def _per_document_sdpa(query, key, value, position_ids, scaling, dropout) -> torch.Tensor:
-    """Causal SDPA over each packed document alone (the CPU path): (B, Hq, L, D) -> (B, L, Hq, D)."""
+def _documents_as_batch_sdpa(query, key, value, position_ids, scaling, dropout) -> torch.Tensor:
+    """Causal SDPA over the packed documents as a batch of documents (the CPU path).
+
+    (B, Hq, L, D) -> (B, L, Hq, D). Each group of `document_groups` is gathered into one
+    (documents, H, longest, D) batch, right-padded with zero rows, and run in one SDPA call
+    (PyTorch's flash kernel for CPU): causal masking keeps every real query off the padding
+    after it, and the padded queries' outputs are dropped. One call per group instead of one
+    per document: each SDPA call and its backward are several OpenMP regions, which cost more
+    than their FLOPs when two threads share a busy machine.
+    """
     batch, heads, length, dim = query.shape
-    offsets = _SeqlensCache.get(position_ids, batch)[0].tolist()
-    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
-    k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
-    v = value.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+    plan = _SeqlensCache.documents(position_ids, batch)
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # (B, H, L, D) -> (B * L + 1, H, D), last row 0
+        t = t.transpose(1, 2).reshape(batch * length, t.shape[1], dim)
+        return torch.nn.functional.pad(t, (0, 0, 0, 0, 0, 1))
+
+    q, k, v = rows(query), rows(key), rows(value)
     outs = []
-    for start, end in zip(offsets[:-1], offsets[1:], strict=True):
-        outs.append(
-            torch.nn.functional.scaled_dot_product_attention(
-                q[start:end].transpose(0, 1),
-                k[start:end].transpose(0, 1),
-                v[start:end].transpose(0, 1),
-                dropout_p=dropout,
-                is_causal=True,
-                scale=scaling,
-                enable_gqa=k.shape[1] != heads,
-            ).transpose(0, 1)
+    for index, documents, longest in plan.gathers:
+        # (documents * longest, H, D) -> (documents, H, longest, D)
+        qd, kd, vd = (
+            t.index_select(0, index).view(documents, longest, -1, dim).transpose(1, 2)
+            for t in (q, k, v)
         )
-    return torch.cat(outs).view(batch, length, heads, dim)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            qd,
+            kd,
+            vd,
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=key.shape[1] != heads,
+        )
+        outs.append(out.transpose(1, 2).reshape(documents * longest, heads, dim))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out.index_select(0, plan.scatter).view(batch, length, heads, dim)
+
+
+def document_groups(lengths: list[int], max_waste: float = 2.0) -> list[list[int]]:
+    """Documents (indices into `lengths`) grouped for one padded attention call per group.
+
+    Longest first; a group, padded to its first (longest) document, takes the next one while
+    its padded causal work (documents x longest^2) stays within `max_waste` times the work of
+    its documents alone (sum of length^2). Documents of similar length share a call; a row of
+    one long and many short documents does not pad every short one to the long one.
+    """
+    groups: list[list[int]] = []
+    work = 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups:
+            group, longest = groups[-1], lengths[groups[-1][0]]
+            if (len(group) + 1) * longest**2 <= max_waste * (work + lengths[i] ** 2):
+                group.append(i)
+                work += lengths[i] ** 2
+                continue
+        groups.append([i])
+        work = lengths[i] ** 2
+    return groups
+
+
+@dataclass(frozen=True)
+class DocumentBatches:
+    """How `_documents_as_batch_sdpa` gathers the packed tokens (B * L of them, then one zero row
+    at index B * L) into padded document batches, and scatters the outputs back.
+
+    gathers: per group, (flat token index of shape (documents * longest,), documents, longest);
+    scatter: for each packed token, its position in the groups' concatenated outputs.
+    """
+
+    gathers: list[tuple[torch.Tensor, int, int]]
+    scatter: torch.Tensor
+
+
+def document_batches(offsets: list[int], device: torch.device | None = None) -> DocumentBatches:
+    """The `DocumentBatches` of documents at `offsets` (cumulative lengths, as `cu_seqlens`)."""
+    starts, total = offsets[:-1], offsets[-1]
+    lengths = [end - start for start, end in zip(starts, offsets[1:], strict=True)]
+    gathers = []
+    scatter = torch.empty(total, dtype=torch.long)
+    base = 0
+    for group in document_groups(lengths):
+        longest = lengths[group[0]]
+        index = torch.full((len(group), longest), total, dtype=torch.long)
+        for row, doc in enumerate(group):
+            start, n = starts[doc], lengths[doc]
+            index[row, :n] = torch.arange(start, start + n)
+            scatter[start : start + n] = torch.arange(n) + base + row * longest
+        gathers.append((index.flatten().to(device), len(group), longest))
+        base += len(group) * longest
+    return DocumentBatches(gathers, scatter.to(device))
 
 
 def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs):

@@ -125,6 +125,16 @@ class PromptTemplate(Protocol):
     def render_prompt(self, messages: list[dict], system: str | None = None) -> str: ...
 
 
+def lone_surrogate(text: str) -> str | None:
+    """The first lone UTF-16 surrogate in `text` as "\\udcff", else None. Bytes that are not
+    UTF-8 (a terminal or an argument in another encoding) and JSON's "\\ud800" escape give
+    one; it is not Unicode text, and the tokenizer fails on it with a TypeError."""
+    for char in text:
+        if "\ud800" <= char <= "\udfff":
+            return f"\\u{ord(char):04x}"
+    return None
+
+
 def stop_token_ids(tokenizer, stop_words: Sequence[str] = (), generation_config=None) -> list[int]:
     """The token ids that end a turn: the tokenizer's EOS, the generation config's EOS
     list, and every stop word that is a single token."""
