@@ -470,6 +470,11 @@ CASES = [
          ("{d}/work/config.yaml: the run config of this work dir is damaged (UnicodeDecodeError)",)),
     Case("work-dir-config-a-list", lambda e: e.train(e.config()) if e.file("work/config.yaml", "- a\n") else [],
          ("{d}/work/config.yaml: the run config of this work dir is damaged (list)",)),
+    # ---- an API key that is empty (an unset shell variable) or holds spaces ------------------
+    Case("serve-api-key-empty", lambda e: ["serve", str(e.model), "--api-key", ""],
+         ("--api-key (or $TUNESMITH_API_KEY) is empty or holds spaces",)),
+    Case("serve-api-key-spaces", lambda e: ["serve", str(e.model), "--api-key", " secret "],
+         ("--api-key (or $TUNESMITH_API_KEY) is empty or holds spaces",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip

@@ -211,6 +211,15 @@ def run_serve(args) -> int:
 
     check_address(args.host, args.port)  # before the model loads, not after (uvicorn's exit 3)
     _check_text(args.system, "--system")
+    if args.api_key is not None and (
+        not args.api_key.strip() or args.api_key != args.api_key.strip() or " " in args.api_key
+    ):
+        # "" (an unset shell variable) made a key that `Bearer ` matches; a space, one that no
+        # `Authorization: Bearer KEY` header can carry
+        raise UserError(
+            "--api-key (or $TUNESMITH_API_KEY) is empty or holds spaces; give a key without "
+            "spaces, or leave it out for no key"
+        )
     generator = _generator(args)
     name = args.model_name or Path(args.model.rstrip("/")).name
     print(
