@@ -210,3 +210,30 @@ def test_every_record_truncated_away_says_why(smollm_tokenizer, tmp_path):
         build_dataset(
             data_config([path], tmp_path, template="chatml", max_length=64), smollm_tokenizer
         )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda entry: (entry / "summary.json").write_text("{"),
+        lambda entry: (entry / "summary.json").unlink(),
+        lambda entry: (entry / "ids.npy").write_bytes((entry / "ids.npy").read_bytes()[:100]),
+    ],
+    ids=["summary-torn", "summary-deleted", "ids-cut-short"],
+)
+def test_a_damaged_cache_entry_is_built_again(
+    smollm_tokenizer, records_file, tmp_path, damage, capsys
+):
+    """A torn summary.json was a JSONDecodeError traceback on every later run; a deleted one
+    an OSError ("Directory not empty") when the rebuilt entry was renamed over it."""
+    cfg = data_config([records_file], tmp_path, template="chatml")
+    expected = np.array(build_dataset(cfg, smollm_tokenizer).ids)  # a copy, not the mapped file
+    (entry,) = [
+        p for p in dataset_module.cache_dir(cfg.data).iterdir() if not p.name.startswith(".")
+    ]
+    damage(entry)
+    again = build_dataset(cfg, smollm_tokenizer)
+    assert not again.summary.get("cached")
+    assert f"the tokenised-data cache {entry} is damaged" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.ids, expected)
+    assert build_dataset(cfg, smollm_tokenizer).summary["cached"]

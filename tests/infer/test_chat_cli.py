@@ -92,3 +92,20 @@ def test_ctrl_c_during_an_answer_stops_it_and_the_chat_goes_on(tiny_generator):
     assert chat.STOPPED in out.getvalue()
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert tiny_generator.queued == 0
+
+
+def test_a_line_that_is_not_utf8_is_asked_again_not_a_traceback(tiny_generator):
+    """Latin-1 bytes from the terminal reach Python as lone surrogates: the tokenizer raised a
+    TypeError and the chat ended with a traceback."""
+    lines = iter(["caf\udce9?", "hello", "/exit"])
+    seen = []
+
+    def spy_stream(messages, sampling):
+        seen.append([m["content"] for m in messages])
+        yield "ok"
+
+    engine = type("Spy", (), {"stream": staticmethod(spy_stream)})()
+    out = io.StringIO()
+    chat.interactive(engine, GREEDY6, read=lambda _: next(lines), out=out)
+    assert seen == [["hello"]]
+    assert "(that line is not UTF-8 text: set the terminal to UTF-8" in out.getvalue()

@@ -424,3 +424,37 @@ def test_greedy_answers_asked_together_are_not_generated_again(tiny_generator, m
     assert again[0].text == first[1].text
     with pytest.raises(ValueError, match="3 prompts but 2"):
         tiny_generator.greedy_answers(prompts, max_new_tokens=[4, 6])
+
+
+def test_threads_follow_what_the_cores_do_now_not_the_load_average(monkeypatch):
+    # a benchmark's previous run keeps the 1-minute load average above 1 for minutes after
+    # the machine went idle: the thread choice reads the cores' use now
+    from tunesmith.model import generate
+
+    monkeypatch.setattr(generate.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(generate.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(generate.torch.cuda, "is_available", lambda: False)
+    chosen = []
+    monkeypatch.setattr(generate.torch, "set_num_threads", chosen.append)
+    monkeypatch.setattr(generate, "busy_cores", lambda: 0.1)
+    generate.fit_threads_to_load()
+    assert chosen == []  # idle now: torch's default kept
+    monkeypatch.setattr(generate, "busy_cores", lambda: 1.6)
+    generate.fit_threads_to_load()
+    assert chosen == [1]
+    monkeypatch.setattr(generate, "busy_cores", lambda: None)  # no /proc/stat: load average
+    generate.fit_threads_to_load()
+    assert chosen == [1, 1]
+
+
+def test_busy_cores_reads_the_time_spent_outside_idle(tmp_path, monkeypatch):
+    from tunesmith.model import generate
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait ...: 300 of 400 ticks busy between the samples
+    samples = iter(["cpu 100 0 100 800 0 0 0\n", "cpu 300 0 200 880 20 0 0\n"])
+    stat.write_text(next(samples))
+    monkeypatch.setattr(generate.time, "sleep", lambda s: stat.write_text(next(samples)))
+    monkeypatch.setattr(generate.os, "cpu_count", lambda: 2)
+    assert generate.busy_cores(stat=str(stat)) == pytest.approx(2 * 300 / 400)
+    assert generate.busy_cores(stat=str(tmp_path / "missing")) is None

@@ -152,6 +152,20 @@ def test_changed_checkpoint_replaces_its_stale_copy(tmp_path):
     )
 
 
+def test_a_damaged_llama_copy_is_made_again(tmp_path, capsys):
+    """A cached shard cut short was an error on every later load ("copy or export it again")."""
+    from tunesmith.model.internlm2 import llama_checkpoint
+
+    config = internlm2_config(vocab_size=512)
+    path = write_internlm2(tmp_path / "m", config, internlm2_state_dict(config), tokenizer=False)
+    shard = llama_checkpoint(path) / "model-00001-of-00001.safetensors"
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])
+    assert llama_checkpoint(path) == shard.parent
+    assert shard.read_bytes() == whole
+    assert f"note: the cached copy {shard.parent} is damaged" in capsys.readouterr().out
+
+
 def test_processes_started_together_convert_once(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 

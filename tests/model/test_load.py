@@ -124,3 +124,28 @@ def test_fit_embeddings_counts_rows_of_a_partitioned_weight(tiny_model_dir, smol
     embeddings.weight.data = torch.empty(0)
     assert not fit_embeddings(model, smollm_tokenizer)
     assert model.get_input_embeddings() is embeddings
+
+
+def test_a_damaged_converted_copy_of_the_embedded_model_is_converted_again(
+    tmp_path, monkeypatch, capsys
+):
+    """A cached model.safetensors cut short (a full disk, a copy stopped midway) was an error
+    on every later load that told the user to "copy or export it again"."""
+    from safetensors.torch import save_file
+
+    from tunesmith.model import embedded
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    target.mkdir(parents=True)
+    (target / "tokenizer.json").write_text("{}")
+    save_file({"w": torch.zeros(64)}, target / "model.safetensors")
+    converted = []
+    monkeypatch.setattr(embedded, "_convert", lambda *args: converted.append(args))
+    assert embedded.embedded_dir("smollm2-135m-instruct") == target
+    assert converted == []  # a whole copy is used as it is
+    whole = (target / "model.safetensors").read_bytes()
+    (target / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+    embedded.embedded_dir("smollm2-135m-instruct")
+    assert converted == [("smollm2-135m-instruct", target, True)]
+    assert f"note: the cached copy {target} is damaged" in capsys.readouterr().out

@@ -454,6 +454,27 @@ CASES = [
          ("{d}/x.json:2: key 'content' appears twice",)),
     Case("replace-duplicate-key", lambda e: ["data", "replace", str(e.file("in.jsonl", '{"output": "a", "output": "b", "instruction": "q"}\n')), str(e.d / "o.jsonl"), "--old-text", "a", "--new-text", "b"],
          ("{d}/in.jsonl:1: key 'output' appears twice",)),
+    # ---- arguments that are not UTF-8 (lone surrogates): the tokenizer's TypeError -----------
+    Case("chat-prompt-not-utf8", lambda e: ["chat", str(e.model), "--prompt", "caf\udce9"],
+         ("--prompt (number 1) is not UTF-8 text (\\udce9)",)),
+    Case("chat-system-not-utf8", lambda e: e.chat(e.model, "--system", "caf\udce9"),
+         ("--system is not UTF-8 text",)),
+    Case("serve-system-not-utf8", lambda e: ["serve", str(e.model), "--system", "caf\udce9"],
+         ("--system is not UTF-8 text",)),
+    Case("webui-system-not-utf8", lambda e: ["webui", str(e.model), "--system", "caf\udce9"],
+         ("--system is not UTF-8 text",)),
+    # ---- a damaged run config in the work dir: a YAML or UnicodeDecodeError traceback --------
+    Case("work-dir-config-not-yaml", lambda e: e.train(e.config()) if e.file("work/config.yaml", "model: [") else [],
+         ("{d}/work/config.yaml: the run config of this work dir is damaged (",)),
+    Case("work-dir-config-not-utf8", lambda e: e.train(e.config()) if e.file("work/config.yaml", b"\xff\xfe\x00garbage") else [],
+         ("{d}/work/config.yaml: the run config of this work dir is damaged (UnicodeDecodeError)",)),
+    Case("work-dir-config-a-list", lambda e: e.train(e.config()) if e.file("work/config.yaml", "- a\n") else [],
+         ("{d}/work/config.yaml: the run config of this work dir is damaged (list)",)),
+    # ---- an API key that is empty (an unset shell variable) or holds spaces ------------------
+    Case("serve-api-key-empty", lambda e: ["serve", str(e.model), "--api-key", ""],
+         ("--api-key (or $TUNESMITH_API_KEY) is empty or holds spaces",)),
+    Case("serve-api-key-spaces", lambda e: ["serve", str(e.model), "--api-key", " secret "],
+         ("--api-key (or $TUNESMITH_API_KEY) is empty or holds spaces",)),
     Case("pth-to-hf-out-is-file", lambda e: ["convert", "pth_to_hf", str(e.config()), str(_checkpoint(e)), str(e.file("out", "x"))],
          ("{d}/out", "already exists")),
 ]  # fmt: skip
@@ -552,6 +573,7 @@ def test_bad_input_is_refused_cleanly(case, tmp_path, tiny_model_dir, capsys, mo
     d.mkdir()
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))  # never the user's cache
     monkeypatch.setattr(os, "execv", _no_exec)  # `webui` would replace the test process
+    monkeypatch.setattr("tunesmith.infer.server.serve", _no_exec)  # `serve` would never return
     model_before = _snapshot(tiny_model_dir)
     argv = case.make(Env(d, tiny_model_dir))
     before = _snapshot(d)

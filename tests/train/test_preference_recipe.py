@@ -221,3 +221,15 @@ def test_log_probs_from_hidden_states_equal_whole_logits_with_gradients(
     ratios = ref - ref_logps
     expected = preference.dpo_loss(ratios[0::2], ratios[1::2], cfg.preference.beta).mean()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_damaged_reference_log_probs_are_named_not_a_traceback(tiny_config, pairs_file, tmp_path):
+    from tunesmith.errors import UserError
+
+    parts = {"train": {"max_steps": 1, "batch_size": 1}, "runtime": {"save_steps": 1}}
+    pref = {"reference": "precomputed"}
+    _run(tiny_config, pairs_file, tmp_path / "run", pref, **parts)
+    table = tmp_path / "run" / "reference_logps.safetensors"
+    table.write_bytes(table.read_bytes()[:40])  # cut short
+    with pytest.raises(UserError, match=r"reference_logps\.safetensors: damaged"):
+        _run(tiny_config, pairs_file, tmp_path / "run", pref, resume="auto", **parts)

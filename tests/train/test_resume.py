@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -161,3 +162,35 @@ def test_a_damaged_checkpoint_file_is_named_in_one_line(tiny_config, run_trainin
         assert ": damaged, this checkpoint cannot be loaded (" in message
         assert "\n" not in message and "--resume" in message
         assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def _whole(work, step):
+    (work / f"iter_{step}").mkdir(parents=True)
+    (work / f"iter_{step}" / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
+    return work / f"iter_{step}"
+
+
+@pytest.mark.parametrize(
+    "latest", [b"\xff\xfe", b"../other/iter_9\n", b"iter_7\n", b""], ids=lambda b: repr(b)
+)
+def test_a_damaged_latest_pointer_falls_back_to_the_newest_whole_checkpoint(tmp_path, latest):
+    """Bytes that are not UTF-8 in `latest` were a UnicodeDecodeError traceback (train
+    --resume auto, pth_to_hf WORK_DIR); a path in it was followed out of the work dir."""
+    work = tmp_path / "run"
+    _whole(tmp_path / "other", 9)
+    _whole(work, 2)
+    newest = _whole(work, 4)
+    (work / "latest").write_bytes(latest)
+    assert ckpt.find_latest(work) == newest
+
+
+def test_a_metrics_log_that_is_not_utf8_or_not_objects_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n\xff\n')
+    with pytest.raises(UserError, match=r"metrics\.jsonl: not UTF-8 text"):
+        read_metrics(path)
+    path.write_text('{"step": 1}\n5\n{"step": 3}\n[1]\n')  # a torn last line is skipped
+    with pytest.raises(UserError, match=r"metrics\.jsonl:2: not a JSON object line"):
+        read_metrics(path)
+    path.write_text('{"step": 1}\n[1]\n')
+    assert read_metrics(path) == [{"step": 1}]

@@ -151,6 +151,8 @@ def run_chat(args) -> int:
     for n, text in enumerate(args.prompt or (), 1):
         if not text.strip():
             raise UserError(f"--prompt (number {n}) is empty; give the text to answer")
+        _check_text(text, f"--prompt (number {n})")
+    _check_text(args.system, "--system")
     generator = _generator(args)
     stream = not args.no_streamer
     if args.prompt:
@@ -160,10 +162,20 @@ def run_chat(args) -> int:
     return 0
 
 
+def _check_text(text: str | None, flag: str) -> None:
+    """Text given as an argument must be UTF-8: other bytes reach Python as lone surrogates,
+    on which the tokenizer fails with a TypeError."""
+    from tunesmith.model.generate import lone_surrogate
+
+    if text and (bad := lone_surrogate(text)):
+        raise UserError(f"{flag} is not UTF-8 text ({bad}); pass it in UTF-8")
+
+
 def run_webui(args) -> int:
     from tunesmith.model.generate import check_adapter_dir
     from tunesmith.model.resolve import resolve_model_path
 
+    _check_text(args.system, "--system")
     resolve_model_path(args.model, with_weights=False)  # fail here, not in the browser
     if args.adapter:
         check_adapter_dir(args.adapter)
@@ -198,6 +210,16 @@ def run_serve(args) -> int:
     from tunesmith.infer.server import check_address, serve
 
     check_address(args.host, args.port)  # before the model loads, not after (uvicorn's exit 3)
+    _check_text(args.system, "--system")
+    if args.api_key is not None and (
+        not args.api_key.strip() or args.api_key != args.api_key.strip() or " " in args.api_key
+    ):
+        # "" (an unset shell variable) made a key that `Bearer ` matches; a space, one that no
+        # `Authorization: Bearer KEY` header can carry
+        raise UserError(
+            "--api-key (or $TUNESMITH_API_KEY) is empty or holds spaces; give a key without "
+            "spaces, or leave it out for no key"
+        )
     generator = _generator(args)
     name = args.model_name or Path(args.model.rstrip("/")).name
     print(

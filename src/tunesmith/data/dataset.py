@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -151,9 +153,10 @@ def build_cached(
     if kind:
         key = hashlib.sha256(f"{kind}:{key}".encode()).hexdigest()[:24]
     cache = cache_dir(data) / key
-    if (cache / "summary.json").exists():
-        summary = json.loads((cache / "summary.json").read_text())
-        return dataset_cls(map_arrays(cache), {**summary, "cached": True}, pad_id)
+    cached = _load_cached(cache)
+    if cached is not None:
+        arrays, summary = cached
+        return dataset_cls(arrays, {**summary, "cached": True}, pad_id)
 
     doc_ids: list[np.ndarray] = []
     doc_labels: list[np.ndarray] = []
@@ -343,6 +346,28 @@ def _save(target: Path, arrays: dict[str, np.ndarray], summary: dict) -> None:
     except OSError:
         if not (target / "summary.json").exists():  # not a concurrent writer winning: re-raise
             raise
+
+
+def _load_cached(cache: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The cached arrays and summary, or None when there is no entry. A damaged entry (a
+    file cut short, deleted or edited by hand) is removed, with a note, and built again: it
+    is a cache."""
+    if not cache.exists():
+        return None
+    try:
+        summary = json.loads((cache / "summary.json").read_text(encoding="utf-8"))
+        arrays = map_arrays(cache)
+        if not isinstance(summary, dict) or not arrays:
+            raise ValueError("no arrays")
+        return arrays, summary
+    except (OSError, ValueError, EOFError) as exc:  # JSONDecodeError, UnicodeError: ValueError
+        print(
+            f"note: the tokenised-data cache {cache} is damaged ({type(exc).__name__}); "
+            "building it again",
+            file=sys.stderr,
+        )
+        shutil.rmtree(cache, ignore_errors=True)
+        return None
 
 
 def map_arrays(path: Path) -> dict[str, np.ndarray]:

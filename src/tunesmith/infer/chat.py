@@ -10,7 +10,12 @@ from collections.abc import Callable
 from typing import TextIO
 
 from tunesmith.data.templates import prompt_template, turn_stop_words
-from tunesmith.model.generate import Generator, Sampling, load_model_and_tokenizer
+from tunesmith.model.generate import (
+    Generator,
+    Sampling,
+    load_model_and_tokenizer,
+    lone_surrogate,
+)
 
 RESET_WORDS = {"/reset", "RESET"}
 EXIT_WORDS = {"/exit", "/quit", "EXIT"}
@@ -100,6 +105,11 @@ def interactive(
         if text in RESET_WORDS:
             history = []
             out.write("(history cleared)\n")
+            continue
+        if lone_surrogate(text):  # bytes that are not UTF-8, e.g. a terminal in Latin-1
+            out.write(
+                "(that line is not UTF-8 text: set the terminal to UTF-8 and type it again)\n"
+            )
             continue
         history.append({"role": "user", "content": text})
         reply = answer(generator, history, sampling, stream, out)

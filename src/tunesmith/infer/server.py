@@ -37,6 +37,7 @@ from tunesmith.model.generate import (
     Handle,
     Sampling,
     SamplingError,
+    lone_surrogate,
 )
 
 MAX_BODY_BYTES = 1 << 20
@@ -47,9 +48,8 @@ INT64 = 2**63
 def _unicode_text(value: str) -> str:
     """Refuse a lone UTF-16 surrogate ("\\ud800" in the JSON body): not Unicode text, and
     the tokenizer fails on it (an HTTP 500 before)."""
-    for char in value:
-        if "\ud800" <= char <= "\udfff":
-            raise ValueError(f"holds a lone surrogate (\\u{ord(char):04x}): not valid Unicode text")
+    if bad := lone_surrogate(value):
+        raise ValueError(f"holds a lone surrogate ({bad}): not valid Unicode text")
     return value
 
 

@@ -61,13 +61,31 @@ def gguf_path(alias: str) -> Path:
 def embedded_dir(alias: str, with_weights: bool = True) -> Path:
     """Directory holding the converted model (or only its tokenizer), made on first use."""
     target = cache_root() / "models" / alias
-    marker = target / ("model.safetensors" if with_weights else "tokenizer.json")
-    if marker.exists():
+    marker = "model.safetensors" if with_weights else "tokenizer.json"
+    if usable_copy(target, marker, say=False):
         return target
     with cache_lock(target):
-        if not marker.exists():
+        if not usable_copy(target, marker):
             _convert(alias, target, with_weights)
     return target
+
+
+def usable_copy(target: Path, marker: str, say: bool = True) -> bool:
+    """A cached conversion in `target` is there (`marker` exists) and whole: every
+    safetensors header covers its file. A copy cut short (a full disk, a copy stopped
+    midway) was an error on every later load telling the user to "copy or export it
+    again"; now it is made again, with a note."""
+    from tunesmith.model.load import check_weights  # load imports this module
+
+    if not (target / marker).exists():
+        return False
+    try:
+        check_weights(target, what="cached copy")
+    except UserError as err:
+        if say:
+            print(f"note: the cached copy {target} is damaged ({err}); making it again")
+        return False
+    return True
 
 
 def _convert(alias: str, target: Path, with_weights: bool) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,16 @@ class PromptTemplate(Protocol):
     stop_words: list[str]
 
     def render_prompt(self, messages: list[dict], system: str | None = None) -> str: ...
+
+
+def lone_surrogate(text: str) -> str | None:
+    """The first lone UTF-16 surrogate in `text` as "\\udcff", else None. Bytes that are not
+    UTF-8 (a terminal or an argument in another encoding) and JSON's "\\ud800" escape give
+    one; it is not Unicode text, and the tokenizer fails on it with a TypeError."""
+    for char in text:
+        if "\ud800" <= char <= "\udfff":
+            return f"\\u{ord(char):04x}"
+    return None
 
 
 def stop_token_ids(tokenizer, stop_words: Sequence[str] = (), generation_config=None) -> list[int]:
@@ -872,10 +883,38 @@ def fit_threads_to_load() -> int:
     Two OpenMP threads fighting other processes for two cores spin at every barrier:
     measured here, 16 greedy answers took 90 s with 2 threads and 11 s with 1 on a
     busy 2-core machine, and LoRA steps ran 8x slower. On an idle machine torch's
-    default is kept."""
+    default is kept. "Busy" is what the cores do now (`busy_cores`, a 0.5 s sample),
+    not the 1-minute load average, which a run that just ended (the previous pair of a
+    benchmark) keeps above 1 for minutes after the machine went idle."""
     cores = os.cpu_count() or 1
     if torch.cuda.is_available() or cores > 4:
         return torch.get_num_threads()
-    if os.getloadavg()[0] >= cores / 2:
+    busy = busy_cores()
+    if (os.getloadavg()[0] if busy is None else busy) >= cores / 2:
         torch.set_num_threads(1)
     return torch.get_num_threads()
+
+
+def busy_cores(interval: float = 0.5, stat: str = "/proc/stat") -> float | None:
+    """How many cores' worth of time other processes used over the next `interval` seconds
+    (from the `cpu` line of /proc/stat: all but idle and iowait); None where there is no
+    /proc/stat (not Linux)."""
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open(stat, encoding="ascii") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = sample()
+    if second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (total - idle) / total * (os.cpu_count() or 1)

@@ -24,7 +24,7 @@ from transformers import LlamaConfig
 from tunesmith.compat import transformers as hf_compat
 from tunesmith.errors import UserError
 from tunesmith.fileio import atomic_dir, check_free_space
-from tunesmith.model.embedded import cache_lock, cache_root
+from tunesmith.model.embedded import cache_lock, cache_root, usable_copy
 
 MODEL_TYPE = "internlm2"
 CONVERTER_VERSION = "1"
@@ -322,7 +322,7 @@ def llama_checkpoint(path: str | Path) -> Path:
     files = _weight_files(path)
     target = cache_root() / "internlm2-llama" / _cache_key(path, files)
     with cache_lock(target):
-        if not (target / "config.json").exists():
+        if not usable_copy(target, "config.json"):
             _remove_stale_copies(target.parent, path)
             needed = sum(f.stat().st_size for f in files)
             check_free_space(target.parent, needed, f"the Llama-layout copy of {path}")

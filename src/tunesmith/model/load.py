@@ -202,7 +202,7 @@ def _check_architecture(path: str, trust_remote_code: bool) -> None:
     config_file = Path(path) / "config.json"
     kind = model_type(path)
     if kind in CONFIG_MAPPING:
-        _check_config(path, config_file, kind)
+        _check_config(path, config_file, kind, trust_remote_code)
     if kind is None or kind in CONFIG_MAPPING or trust_remote_code:
         return
     if "auto_map" in json.loads(config_file.read_text()):
@@ -215,14 +215,14 @@ def _check_architecture(path: str, trust_remote_code: bool) -> None:
     )
 
 
-def _check_config(path: str, config_file: Path, kind: str) -> None:
+def _check_config(path: str, config_file: Path, kind: str, trust_remote_code: bool) -> None:
     """config.json's values as transformers checks them (types, ranges): a damaged one was
     reported as "no usable tokenizer" (the tokenizer load reads it first)."""
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(path)
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (StrictDataclassError, ValueError, TypeError, KeyError) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise UserError(

@@ -66,10 +66,12 @@ def find_latest(work_dir: str | Path) -> Path | None:
     """The newest whole checkpoint: the one `latest` names, else the highest step."""
     work_dir = Path(work_dir)
     latest = work_dir / "latest"
-    if latest.is_file():
-        named = work_dir / latest.read_text().strip()
-        if is_whole(named):
-            return named
+    try:
+        name = latest.read_text(encoding="utf-8").strip() if latest.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        name = ""  # a damaged pointer: the highest whole checkpoint below is the newest
+    if _ITER.match(name) and is_whole(work_dir / name):  # a plain iter_N, never a path
+        return work_dir / name
     dirs = checkpoint_dirs(work_dir)
     return dirs[-1] if dirs else None
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.fileio import atomic_write_text
+from tunesmith.fileio import atomic_write_text, read_text
 
 
 class MetricsLogger:
@@ -49,14 +49,17 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in read_text(path, "metrics log").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if number < len(lines):
-                raise UserError(f"{path}:{number}: not a JSON line; fix or delete it") from None
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number < len(lines):
+            raise UserError(f"{path}:{number}: not a JSON object line; fix or delete it")
     return records
 
 

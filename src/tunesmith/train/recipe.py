@@ -316,7 +316,8 @@ class TrainRecipe:
 
         path = self.work_dir / "reference_logps.safetensors"
         if path.is_file():
-            return load_file(str(path))["logps"]
+            with ckpt.reading(path):
+                return load_file(str(path))["logps"]
         if self.resume_from is not None:
             raise UserError(
                 f"{path} is missing: the reference log-probs of this run are gone; "
@@ -790,7 +791,16 @@ def config_changes(saved: Path, current_yaml: str) -> list[str]:
     """Dotted keys whose values differ between a saved config.yaml and the current one."""
     if not saved.is_file():
         return []
-    old = _flatten(yaml.safe_load(saved.read_text()) or {})
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        old = exc
+    if not isinstance(old, dict):
+        raise UserError(
+            f"{saved}: the run config of this work dir is damaged ({type(old).__name__}); "
+            f"pass another --work-dir, or delete {saved} if the run in it is not wanted"
+        )
+    old = _flatten(old)
     new = _flatten(yaml.safe_load(current_yaml) or {})
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
