@@ -11,7 +11,9 @@ written the obvious way: chat template, tokenizer padding per batch of `--batch-
 labels = input_ids with padding masked. Throughput counts real (non-pad) tokens only and
 leaves out the first step of each (warm-up). tunesmith's side is its recipe: `setup()`, then
 the loop body `_train_step` step by step. The two run step by step in turn, so a busy
-shared machine slows both alike; tokens per CPU-second of this process are printed too.
+shared machine slows both alike; tokens per CPU-second of this process are printed too, and
+the median over step pairs of the tokens/s ratio (the steadiest figure when other jobs come
+and go).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -160,6 +163,13 @@ def _rate(name: str, steps: list, samples: int) -> dict:
     }
 
 
+def _paired(a: list, b: list) -> float:
+    """Median over the step pairs run back to back (first steps left out) of a's tokens/s over
+    b's: a job that starts or stops on a shared machine moves one pair, not the whole ratio."""
+    ratios = [(x[2] / x[0]) / (y[2] / y[0]) for x, y in zip(a[1:], b[1:], strict=False)]
+    return statistics.median(ratios) if ratios else math.nan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=96)
@@ -196,7 +206,8 @@ def main() -> None:
               f"{r['seconds']:>8.1f} {r['tokens_per_s']:>9.0f} {r['tokens_per_cpu_s']:>12.0f}")  # fmt: skip
     print(
         f"packing speed-up: {packed['tokens_per_s'] / plain['tokens_per_s']:.2f}x wall-clock, "
-        f"{packed['tokens_per_cpu_s'] / plain['tokens_per_cpu_s']:.2f}x per CPU-second"
+        f"{packed['tokens_per_cpu_s'] / plain['tokens_per_cpu_s']:.2f}x per CPU-second, "
+        f"{_paired(timings[names[0]], timings[names[1]]):.2f}x median of step pairs"
     )
     for r in others:
         print(
