@@ -174,3 +174,27 @@ def test_a_checkpoint_with_nan_weights_is_not_exported(trained_lora, tmp_path, c
     capsys.readouterr()
     assert main(["convert", "merge", base, str(out), str(merged)]) == 2
     assert "NaN" in capsys.readouterr().err and not merged.exists()
+
+
+def test_a_config_that_differs_from_the_checkpoints_is_named_not_silently_ignored(
+    trained_lora, tmp_path, capsys
+):
+    # XTuner exports with the CONFIG it is given; tunesmith exports with the config the
+    # checkpoint was trained with (it holds the run's overrides) and says where they differ
+    config_path, work_dir, _ = trained_lora
+    cfg = yaml.safe_load(Path(config_path).read_text())
+    cfg.setdefault("lora", {})["r"] = 3
+    data = cfg.setdefault("data", {})
+    data.pop("prompt_template", None)
+    data["template"] = "chatml"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert _export(other, work_dir, tmp_path / "adapter") == 0
+    out = capsys.readouterr().out
+    assert "note:" in out and "lora.r: 3 (CONFIG)" in out and "data.template: 'chatml'" in out
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["r"] != 3  # the checkpoint's shape is what is exported
+
+    capsys.readouterr()
+    assert _export(config_path, work_dir, tmp_path / "same") == 0
+    assert "note:" not in capsys.readouterr().out

@@ -54,6 +54,8 @@ def run_pth_to_hf(args) -> int:
     result = export_checkpoint(
         args.config, args.checkpoint, args.out, fp32=args.fp32, max_shard_size=args.max_shard_size
     )
+    for note in result.notes:
+        print(f"note: {note}")
     what = "PEFT adapter" if result.kind == "adapter" else "HF model"
     print(f"exported {result.checkpoint} as a {what} to {result.out_dir}:")
     _list_dir(result.out_dir)

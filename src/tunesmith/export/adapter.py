@@ -13,7 +13,7 @@ XTuner does, unless `fp32` is asked for.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ class ExportResult:
     out_dir: Path
     kind: str  # "adapter" | "model"
     files: list[Path]
+    notes: list[str] = field(default_factory=list)
 
 
 def find_checkpoint(ckpt: str, config_path: str, cfg: Config) -> Path:
@@ -72,13 +73,50 @@ def checkpoint_config(checkpoint: Path, fallback: Config) -> Config:
     return load_config(str(saved)) if saved.exists() else fallback
 
 
+# What decides the exported files: the base the adapter names, its shape, the chat files.
+EXPORT_KEYS = (
+    "method",
+    "model.path",
+    "model.special_tokens",
+    "quantization",
+    "lora.r",
+    "lora.alpha",
+    "lora.target_modules",
+    "lora.use_dora",
+    "data.template",
+    "data.system",
+)
+
+
+def config_differences(given: Config, saved: Config) -> list[str]:
+    """`key: given -> saved` for each of EXPORT_KEYS where the config on the command line
+    differs from the one the checkpoint was trained with (the saved one is what is exported)."""
+    given_d, saved_d = given.model_dump(), saved.model_dump()
+    out = []
+    for key in EXPORT_KEYS:
+        a, b = given_d, saved_d
+        for part in key.split("."):
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b.get(part) if isinstance(b, dict) else None
+        if a != b:
+            out.append(f"{key}: {a!r} (CONFIG) vs {b!r} (checkpoint)")
+    return out
+
+
 def export_checkpoint(
     config_path: str, ckpt: str, out: str, fp32: bool = False, max_shard_size: str = "2GB"
 ) -> ExportResult:
     from tunesmith.config.loader import load_config
 
-    checkpoint = find_checkpoint(ckpt, config_path, load_config(config_path))
-    cfg = checkpoint_config(checkpoint, load_config(config_path))
+    given = load_config(config_path)
+    checkpoint = find_checkpoint(ckpt, config_path, given)
+    cfg = checkpoint_config(checkpoint, given)
+    notes = []
+    if cfg is not given and (diff := config_differences(given, cfg)):
+        notes.append(
+            f"{config_path} differs from the config {checkpoint} was trained with "
+            f"({'; '.join(diff)}): the checkpoint's own config.yaml is what is exported"
+        )
     out_dir = check_new_dir(out)
     check_outside(out_dir, checkpoint, "export")
     with atomic_dir(out_dir, replace=False) as tmp:
@@ -95,7 +133,7 @@ def export_checkpoint(
 
         (tmp / "tunesmith_config.yaml").write_text(dump_config(cfg))
     kind = "model" if cfg.method == "full" else "adapter"
-    return ExportResult(checkpoint, out_dir, kind, [out_dir / f.name for f in files])
+    return ExportResult(checkpoint, out_dir, kind, [out_dir / f.name for f in files], notes)
 
 
 def _half(dtype: torch.dtype, fp32: bool) -> torch.dtype:
