@@ -379,17 +379,12 @@ class Generator:
         rows = [self.prompt_ids(c) for c in conversations]
         for ids in rows:
             self.check_length(len(ids), sampling)
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        answers: list[Answer] = [Answer()] * len(rows)
-        with tqdm(total=len(rows), desc=desc, unit="q", leave=False, disable=desc is None) as bar:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                with self._lock:
-                    batch = self._generate([rows[i] for i in idx], sampling, cancel)
-                for i, answer in zip(idx, batch, strict=True):
-                    answers[i] = answer
-                bar.update(len(idx))
-        return answers
+        return self._longest_first(
+            rows,
+            batch_size,
+            desc,
+            lambda idx: self._generate([rows[i] for i in idx], sampling, cancel),
+        )
 
     def greedy_answers(
         self,
@@ -453,13 +448,29 @@ class Generator:
         cost of a step grows with its rows)."""
         for ids, limit in zip(rows, max_new_tokens, strict=True):
             self.check_length(len(ids), Sampling.greedy(limit))
+        return self._longest_first(
+            rows,
+            batch_size,
+            desc,
+            lambda idx: self._greedy([rows[i] for i in idx], [max_new_tokens[i] for i in idx]),
+        )
+
+    def _longest_first(
+        self,
+        rows: Sequence[list[int]],
+        batch_size: int,
+        desc: str | None,
+        generate: Callable[[list[int]], list[Answer]],
+    ) -> list[Answer]:
+        """`generate(indices)` over `rows` `batch_size` at a time, longest prompts first (a
+        batch holds little padding), under the model lock; the answers in `rows`' order."""
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         answers: list[Answer] = [Answer()] * len(rows)
         with tqdm(total=len(rows), desc=desc, unit="q", leave=False, disable=desc is None) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 with self._lock:
-                    batch = self._greedy([rows[i] for i in idx], [max_new_tokens[i] for i in idx])
+                    batch = generate(idx)
                 for i, answer in zip(idx, batch, strict=True):
                     answers[i] = answer
                 bar.update(len(idx))
