@@ -23,6 +23,10 @@
 #                                    #   memory_budget = XTuner's peak and auto (bench/gpu_speed.py)
 #   bash bench/gpu_run.sh speed2     # 1 GPU, issue 15 part b: lean bs 1 in 7 GiB, LoRA bf16, InternLM2
 #                                    #   layout, Unsloth (if its wheels are carried)
+#   bash bench/gpu_run.sh identity7b # 1 GPU, issue 12 item 5: `tunesmith identity` with the tutorial
+#                                    #   recipe on a random-init InternLM2.5-7B-layout model
+#                                    #   (bench/identity_7b_gpu.py; carry .whl and .bench/internlm2;
+#                                    #   STEPS=N caps train.max_steps, default the recipe's e3)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
@@ -116,6 +120,26 @@ speed|speed2)
   # and with memory_budget auto; part b = all layers checkpointed, lean bs 1 in 7 GiB, LoRA bf16
   # (CLI + loop A/B), InternLM2 layout, Unsloth. Carry .whl, .xt, .bench as for `xtuner`.
   python3 bench/gpu_speed.py $([ "$1" = speed ] && echo a || echo b) 2>&1 | tail -40
+  exit 0
+  ;;
+identity7b)
+  # ~47 GB of disk at the peak (random checkpoint, merged model, the Llama-layout copy of one
+  # of them: model/internlm2.py evicts the base's copy for the merged one's when short); the
+  # random checkpoint goes to /dev/shm where the disk holding /tmp has less than 55 GB free
+  D=/tmp/gpu7b-id7b
+  mkdir -p $D
+  export TUNESMITH_INTERNLM2_TOKENIZER=$PWD/.bench/internlm2/tokenizer.model TUNESMITH_CACHE=$D/cache
+  df -BG / /tmp /dev/shm; free -g | head -2; nproc
+  MODEL=$D/model
+  if [ "$(df --output=avail -BG /tmp | tail -1 | tr -dc 0-9)" -lt 55 ]; then MODEL=/dev/shm/gpu7b-model; fi
+  echo "model dir: $MODEL"
+  timeout 530 python3 bench/identity_7b_gpu.py $D --model-dir $MODEL ${STEPS:+--steps $STEPS} ${TINY:+--tiny} \
+    > "$OUTD/identity7b.log" 2>&1
+  echo "rc=$?"
+  cp $D/timing.json $D/work/report.md $D/work/report.json $D/work/manifest.json "$OUTD/" 2>/dev/null
+  grep -E "Error|error:|note:|Traceback|steps, |\[[0-9]/8\]" "$OUTD/identity7b.log" | tail -30
+  df -BG /tmp /dev/shm; du -sh $D/* $D/work/* $D/cache/* $MODEL 2>/dev/null
+  cat $D/timing.json
   exit 0
   ;;
 lora)

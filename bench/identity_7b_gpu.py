@@ -15,18 +15,21 @@ CPU smoke test with tiny dimensions (same code path, a couple of minutes on 2 co
     PYTHONPATH=src python bench/identity_7b_gpu.py /tmp/id7b-tiny --tiny --steps 2
 
 The InternLM2 tokenizer.model is read from ../shared/assets/internlm2/ (or
-$TUNESMITH_INTERNLM2_TOKENIZER), as the tests do. Prints one JSON line with the
-device, each stage's seconds and the wall clock, and writes it to OUT/timing.json.
+$TUNESMITH_INTERNLM2_TOKENIZER), as the tests do. The command runs in this process (the
+same `main` as the console script) so each stage's peak GPU memory, the GPU memory still
+held when it returns (a model kept alive into the next stage shows here) and the free disk
+can be read. OUT/timing.json is rewritten as each stage ends (a run stopped by a time
+limit keeps what it measured); the last line printed is the same JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -113,26 +116,75 @@ def write_random(out: Path, config: dict, device: str, layers_per_shard: int = 4
     shutil.copy(TOKENIZER, out / "tokenizer.model")
 
 
+def instrument(timing: dict, out: Path, watch: list[Path]) -> None:
+    """Wrap each workflow stage: its seconds, peak GPU memory, GPU memory left allocated when
+    it returns, and the free disk under each of `watch`; timing.json rewritten each time."""
+    from tunesmith.workflow.identity import PREFERENCE_STAGES, STAGES, IdentityWorkflow
+
+    cuda = torch.cuda.is_available()
+
+    def wrap(stage, method):
+        @functools.wraps(method)
+        def timed(self):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            method(self)
+            row = {"s": round(time.perf_counter() - start, 1)}
+            if cuda:
+                row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+                row["left_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+            row["disk_free_gb"] = {str(p): round(shutil.disk_usage(p).free / 1e9, 1) for p in watch}
+            timing["stages"][stage] = row
+            write_timing(timing, out)
+
+        return timed
+
+    for stage in STAGES + PREFERENCE_STAGES:
+        name = f"stage_{stage}"
+        setattr(IdentityWorkflow, name, wrap(stage, getattr(IdentityWorkflow, name)))
+
+
+def write_timing(timing: dict, out: Path) -> None:
+    (out / "timing.json").write_text(json.dumps(timing, indent=2, ensure_ascii=False))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="scratch dir: model/, work/, timing.json")
     parser.add_argument("--tiny", action="store_true", help="tiny dimensions (CPU smoke test)")
     parser.add_argument("--steps", type=int, default=None, help="train.max_steps (default: e3)")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="where the random model goes (OUT/model)"
+    )
     args = parser.parse_args()
     if not TOKENIZER.is_file():
         sys.exit(f"{TOKENIZER} not found: set TUNESMITH_INTERNLM2_TOKENIZER")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_dir, work = args.out / "model", args.out / "work"
+    model_dir, work = args.model_dir or args.out / "model", args.out / "work"
     if work.exists():
         shutil.rmtree(work)  # a fresh run each time (the model is kept)
+    args.out.mkdir(parents=True, exist_ok=True)
+    timing = {
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+        "dims": "tiny" if args.tiny else "7b",
+        "torch": torch.__version__,
+        "train_steps": args.steps or "recipe (e3)",
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "stages": {},
+    }
 
     start = time.perf_counter()
     if not (model_dir / "config.json").is_file():
         write_random(model_dir, internlm2_config(DIMS_TINY if args.tiny else DIMS_7B), device)
-    written = time.perf_counter() - start
+    timing["write_random_s"] = round(time.perf_counter() - start, 1)
+    timing["model_gb"] = round(sum(f.stat().st_size for f in model_dir.iterdir()) / 1e9, 2)
+    write_timing(timing, args.out)
 
     command = [
-        sys.executable, "-m", "tunesmith.cli.main", "identity",
+        "identity",
         "--name", "小助手", "--author", "书生实验室",
         "--model", str(model_dir),
         "--config", "internlm2_5_chat_7b_qlora_alpaca_e3",
@@ -143,30 +195,25 @@ def main() -> int:
         command.append(f"train.max_steps={args.steps}")
     if args.tiny:  # bf16 autocast is slow or missing on small CPUs
         command += ['train.mixed_precision="no"', "model.dtype=fp32"]
-    print("$", " ".join(command), flush=True)
+    print("$ tunesmith", " ".join(command), flush=True)
+    from tunesmith.cli.main import main as tunesmith_main
+    from tunesmith.model.embedded import cache_root
+
+    cache_root().mkdir(parents=True, exist_ok=True)
+    watch = {os.stat(p).st_dev: p for p in (cache_root(), model_dir, args.out)}  # one a disk
+    instrument(timing, args.out, list(watch.values()))
     start = time.perf_counter()
-    code = subprocess.call(command)
-    wall = time.perf_counter() - start
-    if code:
-        print(f"tunesmith identity exited {code}")
-        return code
-    report = json.loads((work / "report.json").read_text())
-    timing = {
-        "device": torch.cuda.get_device_name()
-        if device == "cuda"
-        else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
-        "dims": "tiny" if args.tiny else "7b",
-        "torch": torch.__version__,
-        "write_random_s": round(written, 1),
-        "stages_s": report["seconds"],
-        "identity_wall_s": round(wall, 1),
-        "train_steps": args.steps or "recipe (e3)",
-        "tuned_identity_rate": report["identity"]["tuned"]["hit_rate"],
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    (args.out / "timing.json").write_text(json.dumps(timing, indent=2, ensure_ascii=False))
+    code = tunesmith_main(command)
+    timing["identity_wall_s"] = round(time.perf_counter() - start, 1)
+    timing["rc"] = code
+    if not code:
+        report = json.loads((work / "report.json").read_text())
+        timing["stages_s"] = report["seconds"]
+        timing["tuned_identity_rate"] = report["identity"]["tuned"]["hit_rate"]
+    timing["ended"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    write_timing(timing, args.out)
     print(json.dumps(timing, ensure_ascii=False))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -240,3 +240,45 @@ def test_missing_tensor_is_named(tmp_path):
     path = write_internlm2(tmp_path / "m", config, sd, tokenizer=False)
     with pytest.raises(UserError, match=r"model\.layers\.1\.post_attention_layernorm"):
         load_model(ModelConfig(path=str(path)), device="cpu")
+
+
+def test_short_disk_removes_the_least_recently_used_other_copy(tmp_path, monkeypatch, capsys):
+    """`tunesmith identity` on a 7B maps the base and the merged model: four times the model
+    on disk stopped its last stage on a 64 GiB card machine. A new copy now makes room by
+    removing other checkpoints' copies, least recently used first, and no more of them."""
+    import os
+    import shutil
+    from collections import namedtuple
+
+    from tunesmith.model import internlm2
+
+    monkeypatch.setattr(internlm2, "cache_root", lambda: tmp_path / "cache")
+    config = internlm2_config(vocab_size=512)
+    models = {
+        name: write_internlm2(
+            tmp_path / name, config, internlm2_state_dict(config, seed=i), tokenizer=False
+        )
+        for i, name in enumerate("abc")
+    }
+    a, b = internlm2.llama_checkpoint(models["a"]), internlm2.llama_checkpoint(models["b"])
+    os.utime(a, (1000, 1000))
+    os.utime(b, (2000, 2000))
+    assert internlm2.llama_checkpoint(models["a"]) == a  # used again: now b is the oldest
+
+    def used() -> int:
+        return sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file())
+
+    needed = (models["c"] / "model.safetensors").stat().st_size
+    capacity = used() + int(needed * 1.05) - 1  # room for two copies, not three
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(
+        shutil,
+        "disk_usage",
+        lambda p: usage(capacity, used(), capacity - used()) if "cache" in str(p) else real(p),
+    )
+    c = internlm2.llama_checkpoint(models["c"])
+    assert (c / "config.json").is_file() and a.is_dir() and not b.exists()
+    out = capsys.readouterr().out
+    assert f"removing the cached Llama-layout copy of {models['b'].resolve()}" in out
+    assert str(a) not in out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -314,7 +315,11 @@ def llama_checkpoint(path: str | Path) -> Path:
 
     One output shard per input file, so memory stays at one shard. The Llama config
     records the source in `tunesmith_source` ({"model_type", "path", "auto_map"}) so an
-    export can write the original layout back.
+    export can write the original layout back. Where the disk lacks room for a new copy,
+    the least recently used copies of other checkpoints are removed first (`_make_room`).
+
+    Raises:
+        UserError: the disk lacks room for the copy even with no other copy left.
     """
     path = Path(path)
     config_dict = read_config(path)
@@ -322,12 +327,42 @@ def llama_checkpoint(path: str | Path) -> Path:
     files = _weight_files(path)
     target = cache_root() / "internlm2-llama" / _cache_key(path, files)
     with cache_lock(target):
-        if not usable_copy(target, "config.json"):
+        if usable_copy(target, "config.json"):
+            os.utime(target)  # last use, for _make_room
+        else:
             _remove_stale_copies(target.parent, path)
             needed = sum(f.stat().st_size for f in files)
+            _make_room(target.parent, target, needed)
             check_free_space(target.parent, needed, f"the Llama-layout copy of {path}")
             _write_llama_copy(path, config_dict, config, files, target)
     return target
+
+
+def _make_room(cache: Path, keep: Path, needed: int) -> None:
+    """Remove other Llama-layout copies in `cache`, least recently used first, while its
+    disk has less than `needed` bytes (+5%, as `check_free_space` asks) free.
+
+    Each copy is as large as its checkpoint (~15 GB for a 7B) and is made again from its
+    source when next loaded. `tunesmith identity` on a 7B makes two (the base's and the
+    merged model's): without this, its last stage needed four times the model on disk
+    (checkpoint, its copy, merged model, its copy) and stopped on a 64 GiB disk.
+    """
+    copies = [d for d in cache.iterdir() if d != keep and (d / "config.json").is_file()]
+    for copy in sorted(copies, key=lambda d: d.stat().st_mtime):
+        if shutil.disk_usage(cache).free >= needed * 1.05:
+            return
+        with cache_lock(copy):  # not while another process is making it
+            size = sum(f.stat().st_size for f in copy.iterdir() if f.is_file())
+            try:
+                source = json.loads((copy / "config.json").read_text())["tunesmith_source"]["path"]
+            except (OSError, ValueError, KeyError, TypeError):
+                source = "an InternLM2 checkpoint"
+            print(
+                f"note: removing the cached Llama-layout copy of {source} ({size / 1e9:.1f} GB, "
+                f"{copy}) to make room; it is made again when that model is next loaded",
+                flush=True,
+            )
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 def _write_llama_copy(
