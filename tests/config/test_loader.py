@@ -286,3 +286,16 @@ def test_xtuner_python_config_points_to_convert_cfg(tmp_path):
         UserError, match=r"tunesmith convert-cfg .*my_xtuner_cfg\.py my_xtuner_cfg\.yaml"
     ):
         load_config(str(path))
+
+
+def test_a_bare_no_for_mixed_precision_is_the_word_not_false():
+    # YAML reads `no` as false; `train.mixed_precision=no` was refused as "bad value False"
+    assert load_config(IDENTITY, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(IDENTITY, ["mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    with pytest.raises(UserError, match="mixed_precision"):
+        load_config(IDENTITY, ["train.mixed_precision=yes"])
+
+
+def test_shuffle_before_pack_is_read_flat_and_nested():
+    assert load_config(IDENTITY, ["shuffle_before_pack=true"]).data.shuffle_before_pack
+    assert not load_config(IDENTITY, ["data.shuffle_before_pack=false"]).data.shuffle_before_pack

@@ -170,3 +170,26 @@ def test_guard_ratio_per_language_mixes_answers_of_that_language(tmp_path, monke
     assert inputs.count("天空是什么颜色的？") == 2  # 0.5 x 4 zh records
     assert inputs.count("Name a colour.") == inputs.count("What is 2 plus 2?") == 3  # 3 x 2 en
     assert len(inputs) == 8
+
+
+def test_guard_mix_each_takes_every_distilled_answer_once(tmp_path, monkeypatch):
+    # ratio cycles through the answers, so a run shorter than the mix sees some twice and
+    # others never; `mix: each` writes each one once, whatever the identity data holds
+    answers = [
+        {"conversation": [{"input": "天空是什么颜色的？", "output": "蓝色的。"}]},
+        {"conversation": [{"input": "Name a colour.", "output": "Blue."}]},
+        {"conversation": [{"input": "What is 2 plus 2?", "output": "4."}]},
+    ]
+    monkeypatch.setattr(general, "base_answers", lambda cfg, work_dir: answers)
+    cfg = _cfg(tmp_path, ratio=2.4).model_copy(deep=True)
+    cfg.guard.mix = "each"
+    mixed = general.with_guard(cfg, tmp_path / "work")
+    mix = [json.loads(line) for line in open(mixed.data.files[-1].path, encoding="utf-8")]
+    assert mix == answers
+    planned, wanted = general.planned_guard(cfg, tmp_path / "other")
+    assert wanted == len(general.load_general_prompts())
+
+
+def test_guard_mix_is_checked_with_the_config():
+    with pytest.raises(ValueError, match="mix"):
+        Config.model_validate({"guard": {"enabled": True, "mix": "all"}})

@@ -111,7 +111,8 @@ def test_missing_json_file_says_what_to_give():
     ("wanted", "cuda", "bf16", "expected"),
     [
         ("auto", False, False, "no"),
-        ("bf16", False, True, "no"),
+        ("bf16", False, True, "bf16"),  # asked for: CPU autocast (was dropped silently)
+        ("no", False, True, "no"),
         ("auto", True, True, "bf16"),
         ("auto", True, False, "fp16"),
         ("fp16", True, True, "fp16"),
@@ -119,6 +120,11 @@ def test_missing_json_file_says_what_to_give():
 )
 def test_mixed_precision_follows_the_device(wanted, cuda, bf16, expected):
     assert dist.mixed_precision(make_cfg(mixed_precision=wanted), cuda=cuda, bf16=bf16) == expected
+
+
+def test_fp16_on_a_cpu_is_refused():
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        dist.mixed_precision(make_cfg(mixed_precision="fp16"), cuda=False)
 
 
 def test_accelerator_kwargs_plain_run_has_no_plugins():

@@ -49,6 +49,7 @@ FLAT_KEYS: dict[str, str] = {
     "system": "data.system",
     "max_length": "data.max_length",
     "pack_to_max_length": "data.pack_to_max_length",
+    "shuffle_before_pack": "data.shuffle_before_pack",
     "batch_size": "train.batch_size",
     "accumulative_counts": "train.accumulative_counts",
     "max_epochs": "train.max_epochs",

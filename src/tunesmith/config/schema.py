@@ -119,6 +119,10 @@ class DataConfig(_Part):
     system: str | None = Field(None, alias="SYSTEM")
     max_length: int = Field(2048, ge=8)
     pack_to_max_length: bool = True
+    # pack documents in a seeded random order (rows mix lengths and sources, repeated
+    # records land in different rows) instead of longest first (a few % fuller rows);
+    # for runs shorter than an epoch (data/packing.py)
+    shuffle_before_pack: bool = False
     shuffle: bool = True
     cache_dir: str | None = None  # default: ~/.cache/tunesmith/data
 
@@ -170,6 +174,12 @@ class TrainConfig(_Part):
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's and accelerate's seed range
     deepspeed: str | None = None  # zero2 | zero3 | deepspeed_zero2 | ... | path.json
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_a_word(cls, value):
+        """YAML reads a bare `no` (as in `train.mixed_precision=no`) as false: it means "no"."""
+        return "no" if value is False else value
 
     @field_validator("memory_budget", mode="before")
     @classmethod
@@ -223,6 +233,10 @@ class GuardConfig(_Part):
     """Forgetting guard: mix the base model's own answers to general prompts into training."""
 
     enabled: bool = False
+    # ratio: `ratio` general samples per training sample (`ratio_by_lang` per language),
+    # cycling through the distilled answers; each: every distilled answer once per epoch
+    # (ratio and ratio_by_lang unused), so a one-epoch run sees each of them exactly once
+    mix: Literal["ratio", "each"] = "ratio"
     # general samples per identity sample
     ratio: float = Field(1.0, ge=0)
     # the same per language of the samples ("zh", "en"), where it differs from `ratio`: the

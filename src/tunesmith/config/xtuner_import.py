@@ -399,7 +399,7 @@ class _Mapper:
             out["files"] += self._files(ds)
             if isinstance(ds.get("template_map_fn"), dict):
                 template = ds["template_map_fn"].get("template", template)
-            for key in ("max_length", "pack_to_max_length"):
+            for key in ("max_length", "pack_to_max_length", "shuffle_before_pack"):
                 if key in ds and self.known(ds[key], key):
                     out[key] = ds[key]
         template = template if template is not None else self.var("prompt_template")

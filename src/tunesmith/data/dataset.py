@@ -39,6 +39,7 @@ from tunesmith.fileio import atomic_dir, remove_stale_temps
 
 CACHE_VERSION = "4"  # 4: one memory-mapped .npy per array (3: one .npz)
 CHUNK = 2048  # conversations per tokenizer call
+SHUFFLE_SEED = 0  # the document order of `data.shuffle_before_pack` (fixed: part of the cache)
 
 
 class TrainDataset:
@@ -229,7 +230,9 @@ def _assemble(doc_ids, doc_labels, raw_lengths, data) -> tuple[dict[str, np.ndar
     lengths = np.array([len(x) for x in doc_ids], dtype=np.int64)
     doc_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     if data.pack_to_max_length:
-        bins = pack_documents(lengths, max_length)
+        bins = pack_documents(
+            lengths, max_length, SHUFFLE_SEED if data.shuffle_before_pack else None
+        )
     else:
         bins = [[i] for i in range(len(doc_ids))]
     row_offsets = np.concatenate([[0], np.cumsum([len(b) for b in bins])]).astype(np.int64)
@@ -330,6 +333,7 @@ def cache_key(data, tokenizer, template: ChatTemplate) -> str:
         "system": data.system,
         "max_length": data.max_length,
         "pack": data.pack_to_max_length,
+        "shuffle_before_pack": data.shuffle_before_pack,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

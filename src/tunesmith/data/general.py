@@ -180,20 +180,26 @@ def mix_path(work_dir: str | Path) -> Path:
 
 
 def planned_guard(cfg: Config, work_dir: str | Path) -> tuple[Config, int]:
-    """(`cfg` with the guard's mix file in data.files, records the mix will hold); nothing
+    """(`cfg` with the guard's mix file in data.files, records the mix will hold: for
+    `guard.mix: each` the number of prompts, an upper bound); nothing
     is generated or written, so a run can be checked (and refused) before that work.
 
     Reads the data files (to count records) and the prompts file: their mistakes show here.
     Unchanged (and 0) when the guard is off or already planned."""
     if not cfg.guard.enabled or (
-        cfg.guard.ratio == 0 and not any(cfg.guard.ratio_by_lang.values())
+        cfg.guard.mix == "ratio"
+        and cfg.guard.ratio == 0
+        and not any(cfg.guard.ratio_by_lang.values())
     ):
         return cfg, 0
-    load_general_prompts(cfg.guard.prompts)
+    prompts = load_general_prompts(cfg.guard.prompts)
     mix = mix_path(work_dir)
     if any(Path(f.path) == mix for f in cfg.data.files):
         return cfg, 0
-    wanted = sum(mix_plan(cfg, work_dir).values())
+    if cfg.guard.mix == "each":
+        wanted = len(prompts)  # at most: answers a reader would not accept are left out
+    else:
+        wanted = sum(mix_plan(cfg, work_dir).values())
     if wanted == 0:
         return cfg, 0
     data = cfg.data.model_copy(update={"files": [*cfg.data.files, DataFile(path=str(mix))]})
@@ -211,6 +217,9 @@ def write_guard_mix(cfg: Config, work_dir: str | Path, wanted: int) -> Config:
     if not records:
         files = [f for f in cfg.data.files if Path(f.path) != mix]
         return cfg.model_copy(update={"data": cfg.data.model_copy(update={"files": files})})
+    if cfg.guard.mix == "each":
+        _write_jsonl(mix, records)
+        return cfg
     by_lang: dict[str, list[dict]] = {}
     for record in records:
         by_lang.setdefault(language_of(_first_input(record)), []).append(record)
@@ -226,7 +235,8 @@ def with_guard(cfg: Config, work_dir: str | Path) -> Config:
     """`cfg` with the guard's general data added to data.files (unchanged when the guard is off).
 
     The mix holds `guard.ratio` general records per identity record (`guard.ratio_by_lang`
-    per language), cycling through the distilled answers of the same language. Calling it again with the same work dir adds nothing twice."""
+    per language), cycling through the distilled answers of the same language; with
+    `guard.mix: each`, every distilled answer once. Calling it again with the same work dir adds nothing twice."""
     planned, wanted = planned_guard(cfg, work_dir)
     return write_guard_mix(planned, work_dir, wanted)
 

@@ -60,12 +60,9 @@ def generate_identity(
 ) -> list[dict]:
     """Identity records in XTuner's conversation format.
 
-    Every question template appears `repeat` times per language, times the language's
-    weight in the templates' `lang_repeat` (zh: 2, because a small model needs about
-    twice the Chinese examples to answer fluently in Chinese: docs/benchmarks.md), the
-    "are you {{other}}?" ones with `others_per_question` other assistants' names from
-    `others`, each time with an answer drawn from its category. Deterministic for a
-    given seed.
+    Every question template appears `repeat` times per language, the "are you
+    {{other}}?" ones with `others_per_question` other assistants' names from `others`,
+    each time with an answer drawn from its category. Deterministic for a given seed.
     """
     name, author = check_text("name", name), check_text("author", author)
     if repeat < 1:
@@ -79,9 +76,8 @@ def generate_identity(
     # each "are you {{other}}?" question takes the next names in turn, so every name is asked
     turn_of_others = 0
     records = []
-    weights = templates.get("lang_repeat", {})
     for lang in langs:
-        for _ in range(repeat * weights.get(lang, 1)):
+        for _ in range(repeat):
             for group in templates[lang].values():
                 for question in group["questions"]:
                     fills = [None]

@@ -61,12 +61,17 @@ def strategy_name(name: str) -> str:
 
 def mixed_precision(cfg, cuda: bool | None = None, bf16: bool | None = None) -> str:
     """accelerate's mixed_precision for `train.mixed_precision`: auto = bf16 (fp16 on GPUs
-    without bf16), no on CPU. `cuda` / `bf16` default to what this machine has."""
+    without bf16), no on CPU. `cuda` / `bf16` default to what this machine has.
+
+    On a CPU an explicit bf16 is kept (autocast to bf16, fp32 master weights: faster on CPUs
+    with bf16 matrix units); fp16 there is refused (CPU autocast has no fp16 loss scaling)."""
     import torch
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if not cuda:
-        return "no"
+        if cfg.train.mixed_precision == "fp16":
+            raise UserError("train.mixed_precision=fp16 needs a GPU: on a CPU use bf16 or no")
+        return "bf16" if cfg.train.mixed_precision == "bf16" else "no"
     if cfg.train.mixed_precision != "auto":
         return cfg.train.mixed_precision
     bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16

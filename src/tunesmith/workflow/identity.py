@@ -258,7 +258,11 @@ class IdentityWorkflow:
     def stage_data(self) -> None:
         from tunesmith.data.identity import generate_identity, write_jsonl
 
-        records = generate_identity(self.run.name, self.run.author, langs=self.run.langs)
+        # each question once (one "are you {{other}}?" name each): the recipe trains one
+        # epoch, in which every record is seen exactly once
+        records = generate_identity(
+            self.run.name, self.run.author, langs=self.run.langs, others_per_question=1
+        )
         write_jsonl(records, self.paths["data"])
         print(f"  {len(records)} identity records -> {self.paths['data']}")
 
@@ -267,9 +271,12 @@ class IdentityWorkflow:
 
         self.cfg = with_guard(self.cfg, self.paths["train"])
         if self.cfg.guard.enabled:
-            print(
-                f"  general data mixed in at ratio {self.cfg.guard.ratio}: {self.cfg.data.files[-1].path}"
+            how = (
+                "every general answer once"
+                if self.cfg.guard.mix == "each"
+                else f"general data mixed in at ratio {self.cfg.guard.ratio}"
             )
+            print(f"  {how}: {self.cfg.data.files[-1].path}")
         else:
             print("  forgetting guard off (guard.enabled=false)")
 
