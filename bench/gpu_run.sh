@@ -26,7 +26,9 @@
 #   bash bench/gpu_run.sh identity7b # 1 GPU, issue 12 item 5: `tunesmith identity` with the tutorial
 #                                    #   recipe on a random-init InternLM2.5-7B-layout model
 #                                    #   (bench/identity_7b_gpu.py; carry .whl and .bench/internlm2;
-#                                    #   STEPS=N caps train.max_steps, default the recipe's e3)
+#                                    #   STEPS=N caps train.max_steps, default the recipe's e3;
+#                                    #   FILL_GB=N takes N GB of the disk first, to see the cache
+#                                    #   make room on a smaller disk)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
@@ -130,6 +132,8 @@ identity7b)
   mkdir -p $D
   export TUNESMITH_INTERNLM2_TOKENIZER=$PWD/.bench/internlm2/tokenizer.model TUNESMITH_CACHE=$D/cache
   df -BG / /tmp /dev/shm; free -g | head -2; nproc
+  python3 -m pytest -q -p no:cacheprovider tests/compat/test_liger_internals.py 2>&1 | tail -2
+  [ -n "${FILL_GB:-}" ] && fallocate -l "${FILL_GB}G" $D/fill && echo "filled ${FILL_GB} GiB"
   MODEL=$D/model
   if [ "$(df --output=avail -BG /tmp | tail -1 | tr -dc 0-9)" -lt 55 ]; then MODEL=/dev/shm/gpu7b-model; fi
   echo "model dir: $MODEL"
