@@ -133,10 +133,10 @@ identity7b)
   export TUNESMITH_INTERNLM2_TOKENIZER=$PWD/.bench/internlm2/tokenizer.model TUNESMITH_CACHE=$D/cache
   df -BG / /tmp /dev/shm; free -g | head -2; nproc
   python3 -m pytest -q -p no:cacheprovider tests/compat/test_liger_internals.py 2>&1 | tail -2
-  [ -n "${FILL_GB:-}" ] && fallocate -l "${FILL_GB}G" $D/fill && echo "filled ${FILL_GB} GiB"
   MODEL=$D/model
   if [ "$(df --output=avail -BG /tmp | tail -1 | tr -dc 0-9)" -lt 55 ]; then MODEL=/dev/shm/gpu7b-model; fi
   echo "model dir: $MODEL"
+  [ -n "${FILL_GB:-}" ] && fallocate -l "${FILL_GB}G" $D/fill && echo "filled ${FILL_GB} GiB"
   timeout 530 python3 bench/identity_7b_gpu.py $D --model-dir $MODEL ${STEPS:+--steps $STEPS} ${TINY:+--tiny} \
     > "$OUTD/identity7b.log" 2>&1
   echo "rc=$?"
