@@ -125,9 +125,10 @@ speed|speed2)
   exit 0
   ;;
 identity7b)
-  # ~47 GB of disk at the peak (random checkpoint, merged model, the Llama-layout copy of one
-  # of them: model/internlm2.py evicts the base's copy for the merged one's when short); the
-  # random checkpoint goes to /dev/shm where the disk holding /tmp has less than 55 GB free
+  # Disk: random checkpoint, merged model and their Llama-layout copies, 15.5 GB each (62 GB);
+  # ~47 GB where the disk is short (model/internlm2.py removes the base's copy to make room
+  # for the merged one's); the random checkpoint goes to /dev/shm where the disk holding /tmp
+  # has less than 55 GB free
   D=/tmp/gpu7b-id7b
   mkdir -p $D
   export TUNESMITH_INTERNLM2_TOKENIZER=$PWD/.bench/internlm2/tokenizer.model TUNESMITH_CACHE=$D/cache

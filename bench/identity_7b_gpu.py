@@ -117,8 +117,10 @@ def write_random(out: Path, config: dict, device: str, layers_per_shard: int = 4
 
 
 def instrument(timing: dict, out: Path, watch: list[Path]) -> None:
-    """Wrap each workflow stage: its seconds, peak GPU memory, GPU memory left allocated when
-    it returns, and the free disk under each of `watch`; timing.json rewritten each time."""
+    """Wrap each workflow stage: its seconds, the GPU memory allocated when it starts (what
+    earlier stages left), its peak, what is left allocated when it returns (before the
+    workflow's `release_memory`), and the free disk under each of `watch`; timing.json
+    rewritten each time."""
     from tunesmith.workflow.identity import PREFERENCE_STAGES, STAGES, IdentityWorkflow
 
     cuda = torch.cuda.is_available()
@@ -126,11 +128,13 @@ def instrument(timing: dict, out: Path, watch: list[Path]) -> None:
     def wrap(stage, method):
         @functools.wraps(method)
         def timed(self):
+            row = {}
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
+                row["held_at_start_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
             start = time.perf_counter()
             method(self)
-            row = {"s": round(time.perf_counter() - start, 1)}
+            row["s"] = round(time.perf_counter() - start, 1)
             if cuda:
                 row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
                 row["left_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
