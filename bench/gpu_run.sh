@@ -28,7 +28,8 @@
 #                                    #   (bench/identity_7b_gpu.py; carry .whl and .bench/internlm2;
 #                                    #   STEPS=N caps train.max_steps, default the recipe's e3;
 #                                    #   FILL_GB=N takes N GB of the disk first, to see the cache
-#                                    #   make room on a smaller disk)
+#                                    #   make room on a smaller disk; SET=KEY=VALUE one more override;
+#                                    #   ANSWERS=1 then times the evals' answers in a fresh process)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
@@ -139,8 +140,30 @@ identity7b)
   echo "model dir: $MODEL"
   [ -n "${FILL_GB:-}" ] && fallocate -l "${FILL_GB}G" $D/fill && echo "filled ${FILL_GB} GiB"
   timeout 530 python3 bench/identity_7b_gpu.py $D --model-dir $MODEL ${STEPS:+--steps $STEPS} ${TINY:+--tiny} \
-    > "$OUTD/identity7b.log" 2>&1
+    ${SET:+--set "$SET"} > "$OUTD/identity7b.log" 2>&1
   echo "rc=$?"
+  if [ -n "${ANSWERS:-}" ]; then
+    # the evals' answers of base and merged model in a fresh process (no training before it,
+    # empty answer cache): is tuned_eval's slower answering the model's or the process's?
+    rm -rf $D/cache $D/fill
+    timeout 200 python3 - $MODEL $D/work/merged <<'EOF3' 2>&1 | grep -v "it/s\]\|q/s\]\|file/s\]"
+import sys, time
+from tunesmith.eval import identity as ie, retention
+from tunesmith.model.generate import Generator
+asked = ie.requests(ie.load_questions(None)) + retention.requests(retention.load_prompts(None))
+for model in sys.argv[1:]:
+    lm = Generator.load(model)
+    for run in (1, 2):
+        lm._given.clear()
+        start = time.perf_counter()
+        answers = lm.greedy_batch([lm.prompt_ids([{"role": "user", "content": p}]) for p, _ in asked],
+                                  [n for _, n in asked], 128)
+        print(f"FRESH {model}: run {run}, {len(asked)} answers in {time.perf_counter() - start:.1f} s, "
+              f"{sum(a.finish_reason == 'stop' for a in answers)} stopped, "
+              f"{sum(a.completion_tokens for a in answers)} tokens", flush=True)
+    del lm
+EOF3
+  fi
   cp $D/timing.json $D/work/report.md $D/work/report.json $D/work/manifest.json "$OUTD/" 2>/dev/null
   grep -E "Error|error:|note:|Traceback|steps, |\[[0-9]/8\]" "$OUTD/identity7b.log" | tail -30
   df -BG /tmp /dev/shm; du -sh $D/* $D/work/* $D/cache/* $MODEL 2>/dev/null

@@ -161,6 +161,9 @@ def main() -> int:
     parser.add_argument(
         "--model-dir", type=Path, default=None, help="where the random model goes (OUT/model)"
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides"
+    )
     args = parser.parse_args()
     if not TOKENIZER.is_file():
         sys.exit(f"{TOKENIZER} not found: set TUNESMITH_INTERNLM2_TOKENIZER")
@@ -176,6 +179,7 @@ def main() -> int:
         "dims": "tiny" if args.tiny else "7b",
         "torch": torch.__version__,
         "train_steps": args.steps or "recipe (e3)",
+        "overrides": args.set,
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "stages": {},
     }
@@ -197,6 +201,7 @@ def main() -> int:
     ]  # fmt: skip
     if args.steps:
         command.append(f"train.max_steps={args.steps}")
+    command += args.set
     if args.tiny:  # bf16 autocast is slow or missing on small CPUs
         command += ['train.mixed_precision="no"', "model.dtype=fp32"]
     print("$ tunesmith", " ".join(command), flush=True)
