@@ -30,6 +30,8 @@
 #                                    #   FILL_GB=N takes N GB of the disk first, to see the cache
 #                                    #   make room on a smaller disk; SET=KEY=VALUE one more override;
 #                                    #   ANSWERS=1 then times the evals' answers in a fresh process)
+#   bash bench/gpu_run.sh genfirst   # 1 GPU: the evals' greedy answers, first run in a process vs
+#                                    #   later ones (bench/generate_first_run_gpu.py)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
@@ -168,6 +170,14 @@ EOF3
   grep -E "Error|error:|note:|Traceback|steps, |\[[0-9]/8\]" "$OUTD/identity7b.log" | tail -30
   df -BG /tmp /dev/shm; du -sh $D/* $D/work/* $D/cache/* $MODEL 2>/dev/null
   cat $D/timing.json
+  exit 0
+  ;;
+genfirst)
+  # bench/generate_first_run_gpu.py: the evals' answers three times in a process, per mode
+  export TUNESMITH_INTERNLM2_TOKENIZER=$PWD/.bench/internlm2/tokenizer.model TUNESMITH_CACHE=/tmp/gpu7b-gen
+  for mode in default no-cudnn profile; do
+    timeout 150 python3 bench/generate_first_run_gpu.py $mode 2>&1 | grep -v Warning | tail -40
+  done
   exit 0
   ;;
 lora)
