@@ -26,7 +26,12 @@
 #   bash bench/gpu_run.sh identity7b # 1 GPU, issue 12 item 5: `tunesmith identity` with the tutorial
 #                                    #   recipe on a random-init InternLM2.5-7B-layout model
 #                                    #   (bench/identity_7b_gpu.py; carry .whl and .bench/internlm2;
-#                                    #   STEPS=N caps train.max_steps, default the recipe's e3)
+#                                    #   STEPS=N caps train.max_steps, default the recipe's e3;
+#                                    #   FILL_GB=N takes N GB of the disk first, to see the cache
+#                                    #   make room on a smaller disk; SET=KEY=VALUE one more override;
+#                                    #   ANSWERS=1 then times the evals' answers in a fresh process)
+#   bash bench/gpu_run.sh genfirst   # 1 GPU: the evals' greedy answers, first run in a process vs
+#                                    #   later ones (bench/generate_first_run_gpu.py)
 #
 # Each run's log and the JSON results land in $OUT (results.jsonl); the last lines print a table.
 set -u
@@ -123,23 +128,56 @@ speed|speed2)
   exit 0
   ;;
 identity7b)
-  # ~47 GB of disk at the peak (random checkpoint, merged model, the Llama-layout copy of one
-  # of them: model/internlm2.py evicts the base's copy for the merged one's when short); the
-  # random checkpoint goes to /dev/shm where the disk holding /tmp has less than 55 GB free
+  # Disk: random checkpoint, merged model and their Llama-layout copies, 15.5 GB each (62 GB);
+  # ~47 GB where the disk is short (model/internlm2.py removes the base's copy to make room
+  # for the merged one's); the random checkpoint goes to /dev/shm where the disk holding /tmp
+  # has less than 55 GB free
   D=/tmp/gpu7b-id7b
   mkdir -p $D
   export TUNESMITH_INTERNLM2_TOKENIZER=$PWD/.bench/internlm2/tokenizer.model TUNESMITH_CACHE=$D/cache
   df -BG / /tmp /dev/shm; free -g | head -2; nproc
+  python3 -m pytest -q -p no:cacheprovider tests/compat/test_liger_internals.py 2>&1 | tail -2
   MODEL=$D/model
   if [ "$(df --output=avail -BG /tmp | tail -1 | tr -dc 0-9)" -lt 55 ]; then MODEL=/dev/shm/gpu7b-model; fi
   echo "model dir: $MODEL"
+  [ -n "${FILL_GB:-}" ] && fallocate -l "${FILL_GB}G" $D/fill && echo "filled ${FILL_GB} GiB"
   timeout 530 python3 bench/identity_7b_gpu.py $D --model-dir $MODEL ${STEPS:+--steps $STEPS} ${TINY:+--tiny} \
-    > "$OUTD/identity7b.log" 2>&1
+    ${SET:+--set "$SET"} > "$OUTD/identity7b.log" 2>&1
   echo "rc=$?"
+  if [ -n "${ANSWERS:-}" ]; then
+    # the evals' answers of base and merged model in a fresh process (no training before it,
+    # empty answer cache): is tuned_eval's slower answering the model's or the process's?
+    rm -rf $D/cache $D/fill
+    timeout 200 python3 - $MODEL $D/work/merged <<'EOF3' 2>&1 | grep -v "it/s\]\|q/s\]\|file/s\]"
+import sys, time
+from tunesmith.eval import identity as ie, retention
+from tunesmith.model.generate import Generator
+asked = ie.requests(ie.load_questions(None)) + retention.requests(retention.load_prompts(None))
+for model in sys.argv[1:]:
+    lm = Generator.load(model)
+    for run in (1, 2):
+        lm._given.clear()
+        start = time.perf_counter()
+        answers = lm.greedy_batch([lm.prompt_ids([{"role": "user", "content": p}]) for p, _ in asked],
+                                  [n for _, n in asked], 128)
+        print(f"FRESH {model}: run {run}, {len(asked)} answers in {time.perf_counter() - start:.1f} s, "
+              f"{sum(a.finish_reason == 'stop' for a in answers)} stopped, "
+              f"{sum(a.completion_tokens for a in answers)} tokens", flush=True)
+    del lm
+EOF3
+  fi
   cp $D/timing.json $D/work/report.md $D/work/report.json $D/work/manifest.json "$OUTD/" 2>/dev/null
   grep -E "Error|error:|note:|Traceback|steps, |\[[0-9]/8\]" "$OUTD/identity7b.log" | tail -30
   df -BG /tmp /dev/shm; du -sh $D/* $D/work/* $D/cache/* $MODEL 2>/dev/null
   cat $D/timing.json
+  exit 0
+  ;;
+genfirst)
+  # bench/generate_first_run_gpu.py: the evals' answers three times in a process, per mode
+  export TUNESMITH_INTERNLM2_TOKENIZER=$PWD/.bench/internlm2/tokenizer.model TUNESMITH_CACHE=/tmp/gpu7b-gen
+  for mode in default no-cudnn profile; do
+    timeout 150 python3 bench/generate_first_run_gpu.py $mode 2>&1 | grep -v Warning | tail -40
+  done
   exit 0
   ;;
 lora)

@@ -117,8 +117,10 @@ def write_random(out: Path, config: dict, device: str, layers_per_shard: int = 4
 
 
 def instrument(timing: dict, out: Path, watch: list[Path]) -> None:
-    """Wrap each workflow stage: its seconds, peak GPU memory, GPU memory left allocated when
-    it returns, and the free disk under each of `watch`; timing.json rewritten each time."""
+    """Wrap each workflow stage: its seconds, the GPU memory allocated when it starts (what
+    earlier stages left), its peak, what is left allocated when it returns (before the
+    workflow's `release_memory`), and the free disk under each of `watch`; timing.json
+    rewritten each time."""
     from tunesmith.workflow.identity import PREFERENCE_STAGES, STAGES, IdentityWorkflow
 
     cuda = torch.cuda.is_available()
@@ -126,11 +128,13 @@ def instrument(timing: dict, out: Path, watch: list[Path]) -> None:
     def wrap(stage, method):
         @functools.wraps(method)
         def timed(self):
+            row = {}
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
+                row["held_at_start_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
             start = time.perf_counter()
             method(self)
-            row = {"s": round(time.perf_counter() - start, 1)}
+            row["s"] = round(time.perf_counter() - start, 1)
             if cuda:
                 row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
                 row["left_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
@@ -157,6 +161,9 @@ def main() -> int:
     parser.add_argument(
         "--model-dir", type=Path, default=None, help="where the random model goes (OUT/model)"
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides"
+    )
     args = parser.parse_args()
     if not TOKENIZER.is_file():
         sys.exit(f"{TOKENIZER} not found: set TUNESMITH_INTERNLM2_TOKENIZER")
@@ -172,6 +179,7 @@ def main() -> int:
         "dims": "tiny" if args.tiny else "7b",
         "torch": torch.__version__,
         "train_steps": args.steps or "recipe (e3)",
+        "overrides": args.set,
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "stages": {},
     }
@@ -193,6 +201,7 @@ def main() -> int:
     ]  # fmt: skip
     if args.steps:
         command.append(f"train.max_steps={args.steps}")
+    command += args.set
     if args.tiny:  # bf16 autocast is slow or missing on small CPUs
         command += ['train.mixed_precision="no"', "model.dtype=fp32"]
     print("$ tunesmith", " ".join(command), flush=True)

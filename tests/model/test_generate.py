@@ -458,3 +458,24 @@ def test_busy_cores_reads_the_time_spent_outside_idle(tmp_path, monkeypatch):
     monkeypatch.setattr(generate.os, "cpu_count", lambda: 2)
     assert generate.busy_cores(stat=str(stat)) == pytest.approx(2 * 300 / 400)
     assert generate.busy_cores(stat=str(tmp_path / "missing")) is None
+
+
+def test_generation_runs_without_cudnn_attention(tiny_generator, monkeypatch):
+    """cuDNN's SDPA builds a plan for every new shape, i.e. every decoded token: the first
+    evals of a process ran 5x slower on an H200. Every path of the generation core (the
+    greedy batch, transformers' generate, scoring) runs with it off, and leaves it as it was."""
+    model = tiny_generator.model
+    seen = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    tiny_generator.greedy_batch([tiny_generator.prompt_ids(MESSAGES)], [4])
+    tiny_generator.answer(MESSAGES, Sampling.greedy(4))
+    tiny_generator.answer_logprobs(["Hi"], ["Hello"])
+    assert len(seen) >= 3 and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -377,3 +377,23 @@ def test_fsdp2_peft_generate_gathers_the_root_units_weights(tiny_model_dir, how)
         # this starts to generate, torch / peft / accelerate fixed it upstream.
         assert done.returncode != 0
         assert "got mixed torch.Tensor and DTensor" in done.stderr
+
+
+@pytest.mark.parametrize(("device", "selected"), [("cuda", []), ("cuda:1", [1])])
+def test_make_accelerator_selects_an_indexed_gpu_only(monkeypatch, device, selected):
+    """One process gets a bare "cuda" from accelerate: torch.cuda.set_device refused it
+    (ValueError in the train stage of `tunesmith identity` on an H200); a torchrun worker's
+    "cuda:N" is still made the current GPU."""
+    import accelerate
+    import torch
+    from torch.cuda._utils import _get_device_index
+
+    class FakeAccelerator:
+        def __init__(self, **kwargs):
+            self.device = torch.device(device)
+
+    calls = []
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(_get_device_index(d)))
+    assert dist.make_accelerator(make_cfg()).device == torch.device(device)
+    assert calls == selected

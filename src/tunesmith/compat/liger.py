@@ -30,7 +30,23 @@ def available() -> bool:
 
 
 def apply_to_instance(model: nn.Module, **kernels: bool) -> None:
-    """Liger's kernels (default: KERNELS) on `model`, a transformers PreTrainedModel."""
+    """Liger's kernels (default: KERNELS) on `model`, a transformers PreTrainedModel.
+
+    Liger's apply functions also replace classes in the model's transformers module
+    (`apply_liger_kernel_to_llama`: `LlamaRMSNorm`, `LlamaMLP`), so every model of that type
+    built later in the process was made of Liger's modules: in `tunesmith identity` on a GPU,
+    the merged model tuned_eval loads after training, while base_eval ran transformers' own.
+    Those class swaps are undone here; `model`'s own modules stay patched (Liger binds their
+    forward on the instance). Replaced functions stay (its RoPE: the same maths, looked up
+    when the attention runs, so `model` needs it).
+    """
+    import sys
+
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
+    module = sys.modules.get(type(model).__module__)
+    classes = {k: v for k, v in vars(module).items() if isinstance(v, type)} if module else {}
     _apply_liger_kernel_to_instance(model=model, **(kernels or KERNELS))
+    for name, cls in classes.items():
+        if vars(module).get(name) is not cls:
+            setattr(module, name, cls)

@@ -205,7 +205,8 @@ def apply_liger(model: nn.Module) -> None:
 
     Liger swaps the forward of this instance and of its norm / MLP modules; its RoPE replaces
     the function in the model's transformers module (the same maths, for every model of that
-    type in the process). Liger logs and does nothing for a model type it has no kernels for.
+    type in the process); models built later keep transformers' own norm and MLP classes
+    (compat/liger.py). Liger logs and does nothing for a model type it has no kernels for.
     """
     liger_compat.apply_to_instance(model)
 

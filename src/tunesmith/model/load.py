@@ -55,6 +55,20 @@ def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def release_memory() -> None:
+    """Free the memory of models no longer referenced, now: a finished trainer (model,
+    optimizer, accelerator) forms reference cycles that only the garbage collector frees,
+    and it runs on Python allocations, not tensor ones. After `tunesmith identity`'s train
+    stage on an H200 (7B QLoRA), 6.7 GiB of GPU memory stayed allocated through export,
+    merge and tuned_eval (tuned_eval's peak: 23.2 GiB instead of 16.5). Then hands the
+    cached CUDA blocks back to the driver."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def model_type(path: str | Path) -> str | None:
     """The `model_type` in a model dir's config.json, or None where there is none."""
     config = Path(path) / "config.json"

@@ -309,8 +309,10 @@ def make_accelerator(cfg, deepspeed: str | None = None):
         from tunesmith.compat.accelerate import use_fsdp_on_cpu
 
         use_fsdp_on_cpu(accelerator, kwargs["fsdp_plugin"])  # torch's FSDP2 over gloo
-    if accelerator.device.type == "cuda":
-        # "cuda" without an index (kernels, new tensors) means this process's GPU
+    if accelerator.device.type == "cuda" and accelerator.device.index is not None:
+        # "cuda" without an index (kernels, new tensors) means this process's GPU. One process
+        # gets a bare "cuda" from accelerate, already the current GPU: torch.cuda.set_device
+        # refuses it (ValueError, seen on an H200 in `tunesmith identity` with a 7B recipe)
         torch.cuda.set_device(accelerator.device)
     return accelerator
 

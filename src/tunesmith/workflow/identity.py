@@ -35,6 +35,7 @@ from tunesmith.data.templates import check_template_name
 from tunesmith.errors import UserError
 from tunesmith.fileio import atomic_write_text, check_writable_dir
 from tunesmith.model.generate import Generator
+from tunesmith.model.load import release_memory
 
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
 PREFERENCE_STAGES = ("sft_eval", "pairs", "preference", "preference_merge")
@@ -222,6 +223,7 @@ class IdentityWorkflow:
             print(f"[{number}/{len(stages)}] {stage} ...", flush=True)
             start = time.perf_counter()
             step()
+            release_memory()  # the next stage loads a model again: none left from this one
             self.manifest.stages[stage] = {"seconds": round(time.perf_counter() - start, 1)}
             self.manifest.write(self.work_dir)
         return json.loads((self.work_dir / "report.json").read_text())
