@@ -126,8 +126,8 @@ def test_identity_workflow_completes_and_resumes(tmp_path, small_eval_sets, caps
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
     )
-    # vanilla clients get the new identity's system prompt, not SmolLM's default
-    assert "You are Ada, an AI assistant developed by Tunesmith Lab." in prompt
+    # vanilla clients get the run's system prompt, not SmolLM's default
+    assert "You are a helpful AI assistant." in prompt
     assert "SmolLM" not in prompt
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     assert model(input_ids=ids).logits.isfinite().all()

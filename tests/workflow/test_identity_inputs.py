@@ -98,7 +98,7 @@ def test_config_trains_on_identity_data_with_new_system_prompt_and_guard(tmp_pat
     )
     cfg = build_config(run, tmp_path)
     assert [f.path for f in cfg.data.files] == [str(tmp_path / "data" / "identity.jsonl")]
-    assert cfg.data.system == "You are Ada, an AI assistant developed by Lab."
+    assert cfg.data.system == "You are a helpful AI assistant."  # the identity is in the weights
     assert cfg.guard.enabled
     assert cfg.train.max_steps == 3
     assert cfg.runtime.work_dir == str(tmp_path / "train")

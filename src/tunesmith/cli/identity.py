@@ -32,8 +32,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--system",
         default=None,
-        help="system prompt to train and export with (default: 'You are NAME, an AI assistant "
-        "developed by AUTHOR.')",
+        help="system prompt to train and export with (default: 'You are a helpful AI "
+        "assistant.': the identity is trained into the weights)",
     )
     parser.add_argument(
         "--old-names",

@@ -40,6 +40,12 @@ from tunesmith.model.load import release_memory
 STAGES = ("data", "guard", "base_eval", "train", "export", "merge", "tuned_eval", "report")
 PREFERENCE_STAGES = ("sft_eval", "pairs", "preference", "preference_merge")
 MANIFEST = "manifest.json"
+# The system prompt trained and exported by default: a neutral one, so the identity lives in
+# the weights (it holds under a client's own system prompt too). "You are NAME, an AI
+# assistant developed by AUTHOR." did as well on identity, facts and leaks, and cost ~20
+# tokens per record for a Chinese pair: 80 rows per epoch for 星火 / 青禾实验室 against 61
+# (docs/benchmarks.md, "One epoch over every record").
+DEFAULT_SYSTEM = "You are a helpful AI assistant."
 EVAL_BATCH = 128  # rows per generation batch in the evals (the shipped sets: 108 prompts)
 
 
@@ -61,7 +67,7 @@ class IdentityRun:
 
     @property
     def system_prompt(self) -> str:
-        return self.system or f"You are {self.name}, an AI assistant developed by {self.author}."
+        return self.system or DEFAULT_SYSTEM
 
 
 @dataclass
