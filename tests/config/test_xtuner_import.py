@@ -20,7 +20,10 @@ TUTORIAL = DATA / "tutorial_config.py"
 
 
 def _local_variant() -> Path:
-    """The tutorial config as a user edits it: a local model dir and a json data file."""
+    """The tutorial config as a user edits it: a local model dir and a json data file
+    (written at collection, removed when the test process exits)."""
+    import atexit
+    import shutil
     import tempfile
 
     src = TUTORIAL.read_text(encoding="utf-8")
@@ -31,6 +34,7 @@ def _local_variant() -> Path:
         "'/root/finetune/data/assistant_Tuner_change.jsonl'", "'datas/assistant.json'"
     )
     out = Path(tempfile.mkdtemp(prefix="tutorial-local-")) / "tutorial_local_config.py"
+    atexit.register(shutil.rmtree, out.parent, ignore_errors=True)
     out.write_text(src, encoding="utf-8")
     return out
 
