@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import collections
 
-import torch
-
 from tunesmith.config.loader import load_config
 from tunesmith.data.dataset import build_dataset
 from tunesmith.data.fluency import language_of
 from tunesmith.model.load import load_tokenizer
+from tunesmith.train.recipe import epoch_order
 
 
 def main() -> None:
@@ -30,14 +29,12 @@ def main() -> None:
         "--name", required=True, help="the assistant's name, marks identity answers"
     )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     cfg = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     dataset = build_dataset(cfg, tokenizer, progress=False)
     steps = cfg.train.max_steps or len(dataset)
-    order = torch.randperm(
-        len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 100_003)
-    ).tolist()[:steps]
+    order = epoch_order(cfg, 0, len(dataset)).tolist()[:steps]
 
     def kind(doc: int) -> tuple[str, str]:
         ids, labels = dataset.document(doc)

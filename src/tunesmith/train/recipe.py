@@ -111,6 +111,15 @@ class StepStats:
     extra: dict = field(default_factory=dict)  # preference metrics; peak_gib (CUDA only)
 
 
+def epoch_order(cfg, epoch: int, size: int) -> torch.Tensor:
+    """The row order of epoch `epoch` (0-based) over `size` rows: a permutation seeded by
+    (train.seed, epoch), or 0..size-1 with `data.shuffle: false`."""
+    if not cfg.data.shuffle:
+        return torch.arange(size)
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
 class TrainRecipe:
     def __init__(
         self,
@@ -559,7 +568,7 @@ class TrainRecipe:
         index = start
         while True:
             epoch, position = divmod(index, self.micro_batches_per_epoch)
-            order = self._epoch_order(epoch, size)
+            order = epoch_order(self.cfg, epoch, size)
             lo = (position * world + rank) * bs
             # One process takes a short last batch; several wrap around so all step together.
             hi = lo + bs if world > 1 else min(lo + bs, size)
@@ -568,12 +577,6 @@ class TrainRecipe:
             tokens = sum(len(item["input_ids"]) for item in items)  # padding not counted
             yield {k: v.to(self.accelerator.device) for k, v in batch.items()}, tokens
             index += 1
-
-    def _epoch_order(self, epoch: int, size: int) -> torch.Tensor:
-        if not self.cfg.data.shuffle:
-            return torch.arange(size)
-        generator = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
-        return torch.randperm(size, generator=generator)
 
     # ------------------------------------------------------------- checkpoints
 
