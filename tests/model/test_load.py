@@ -8,6 +8,7 @@ import socket
 import pytest
 import torch
 
+import tunesmith.model.load as load_module
 from tunesmith.config.schema import ModelConfig, QuantizationConfig
 from tunesmith.errors import UserError
 from tunesmith.model.load import load_model, load_tokenizer, resolve_dtype
@@ -63,9 +64,30 @@ def test_tiny_model_loads_in_fp32_on_cpu_with_sdpa(tiny_model_dir):
     assert model.device.type == "cpu"
 
 
-def test_dtype_setting_is_honoured(tiny_model_dir):
+def test_dtype_setting_is_honoured(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(load_module, "cpu_has_native_bf16", lambda: True)
     model = load_model(ModelConfig(path=str(tiny_model_dir), dtype="bf16"), device="cpu")
     assert model.dtype == torch.bfloat16
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_loads_fp32_and_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(load_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(load_module, "_NOTED", set())
+    assert resolve_dtype("bf16", "cpu") == torch.float32
+    assert resolve_dtype("bf16", "cpu") == torch.float32
+    assert capsys.readouterr().out.count("no bf16 arithmetic") == 1  # one note per process
+    assert resolve_dtype("bf16", "cuda:0") == torch.bfloat16  # GPUs are not second-guessed
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert load_module.cpu_has_native_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")  # a Zen 3 / Alder Lake
+    assert not load_module.cpu_has_native_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: avx512f amx_bf16 amx_tile\n")  # Sapphire Rapids
+    assert load_module.cpu_has_native_bf16(info)
+    assert not load_module.cpu_has_native_bf16(tmp_path / "missing")  # macOS, Windows
 
 
 def test_auto_dtype_is_fp32_on_cpu():

@@ -43,7 +43,10 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
-    """For "auto": bf16 on a CUDA device that supports it, fp16 on older CUDA, fp32 on CPU."""
+    """For "auto": bf16 on a CUDA device that supports it, fp16 on older CUDA, fp32 on CPU.
+
+    "bf16" on a CPU without bf16 arithmetic (`cpu_has_native_bf16`) loads fp32, with a note:
+    there every bf16 matmul is emulated and slower than fp32."""
     if isinstance(name, torch.dtype):
         return name
     if name in (None, "auto"):
@@ -52,7 +55,34 @@ def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
         return torch.float32
     if name not in DTYPES:
         raise UserError(f"model.dtype '{name}' is not one of auto, {', '.join(DTYPES)}")
+    if name == "bf16" and device == "cpu" and not cpu_has_native_bf16():
+        _note_once("model.dtype bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX): fp32")
+        return torch.float32
     return DTYPES[name]
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU multiplies bf16 in hardware: the `avx512_bf16` or `amx_bf16` flag of
+    Linux's /proc/cpuinfo (AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and later).
+    False where the file is missing (macOS, Windows): there bf16 is left to emulation.
+
+    Measured on an AMD EPYC with avx512_bf16 (2 cores, SmolLM2-135M LoRA, 512-token rows):
+    1.6 s a step with bf16 frozen weights against 2.1 s in fp32 (docs/benchmarks.md)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(f"note: {message}")
 
 
 def release_memory() -> None:
