@@ -190,6 +190,13 @@ def test_guard_mix_each_takes_every_distilled_answer_once(tmp_path, monkeypatch)
     assert wanted == len(general.load_general_prompts())
 
 
+@pytest.mark.parametrize("given", [{"ratio": 2}, {"ratio_by_lang": {"zh": 2}}])
+def test_a_ratio_with_mix_each_is_refused_not_ignored(given):
+    with pytest.raises(ValueError, match=f"guard.{next(iter(given))} set with guard.mix: each"):
+        Config.model_validate({"guard": {"enabled": True, "mix": "each", **given}})
+    Config.model_validate({"guard": {"enabled": True, "mix": "ratio", **given}})  # its mode
+
+
 def test_guard_mix_is_checked_with_the_config():
     with pytest.raises(ValueError, match="mix"):
         Config.model_validate({"guard": {"enabled": True, "mix": "all"}})

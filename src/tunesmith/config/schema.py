@@ -235,7 +235,7 @@ class GuardConfig(_Part):
     enabled: bool = False
     # ratio: `ratio` general samples per training sample (`ratio_by_lang` per language),
     # cycling through the distilled answers; each: every distilled answer once per epoch
-    # (ratio and ratio_by_lang unused), so a one-epoch run sees each of them exactly once
+    # (setting ratio or ratio_by_lang too is refused), so a one-epoch run sees each once
     mix: Literal["ratio", "each"] = "ratio"
     # general samples per identity sample
     ratio: float = Field(1.0, ge=0)
@@ -244,6 +244,16 @@ class GuardConfig(_Part):
     ratio_by_lang: dict[str, float] = Field(default_factory=dict)
     prompts: str | None = None  # a file of prompts; default: the shipped set
     max_new_tokens: int = Field(96, ge=1)
+
+    @model_validator(mode="after")
+    def _ratio_only_with_mix_ratio(self):
+        given = [f"guard.{k}" for k in ("ratio", "ratio_by_lang") if k in self.model_fields_set]
+        if self.mix == "each" and given:
+            raise ValueError(
+                f"{' and '.join(given)} set with guard.mix: each, which takes every general "
+                "answer once and no ratio: remove them, or set guard.mix: ratio"
+            )
+        return self
 
 
 class PreferenceConfig(_Part):
