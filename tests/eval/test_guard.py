@@ -197,6 +197,16 @@ def test_a_ratio_with_mix_each_is_refused_not_ignored(given):
     Config.model_validate({"guard": {"enabled": True, "mix": "ratio", **given}})  # its mode
 
 
+def test_a_saved_config_with_mix_each_loads_again(tmp_path):
+    # train/config.yaml holds every field, the default ratio too: export and merge reload it
+    from tunesmith.config.loader import dump_config, load_config
+
+    cfg = load_config("smollm2_135m_instruct_lora_identity")
+    assert cfg.guard.mix == "each"
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    assert load_config(str(tmp_path / "config.yaml")).guard == cfg.guard
+
+
 def test_guard_mix_is_checked_with_the_config():
     with pytest.raises(ValueError, match="mix"):
         Config.model_validate({"guard": {"enabled": True, "mix": "all"}})

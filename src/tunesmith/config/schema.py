@@ -247,7 +247,13 @@ class GuardConfig(_Part):
 
     @model_validator(mode="after")
     def _ratio_only_with_mix_ratio(self):
-        given = [f"guard.{k}" for k in ("ratio", "ratio_by_lang") if k in self.model_fields_set]
+        # the values, not whether they were written: a saved config (train/config.yaml) holds
+        # every field, the defaults included, and must load again
+        given = [
+            f"guard.{name}"
+            for name, value in (("ratio", self.ratio), ("ratio_by_lang", self.ratio_by_lang))
+            if value != GuardConfig.model_fields[name].get_default(call_default_factory=True)
+        ]
         if self.mix == "each" and given:
             raise ValueError(
                 f"{' and '.join(given)} set with guard.mix: each, which takes every general "
