@@ -43,7 +43,7 @@ def identity_gguf(tmp_path_factory):
     args = ["identity", "--name", NAME, "--author", AUTHOR, "--lang", "en",
             "--work-dir", str(work), "--questions", str(questions), "--prompts", str(prompts),
             "--gguf", "f16", "train.max_steps=12", "train.batch_size=2", "data.max_length=256",
-            f"guard.prompts={guard}", "guard.max_new_tokens=16", "guard.ratio=0.05"]  # fmt: skip
+            f"guard.prompts={guard}", "guard.max_new_tokens=16"]  # fmt: skip
     assert main(args) == 0
     return work, work / "merged-f16.gguf"
 

@@ -86,7 +86,6 @@ def test_identity_workflow_completes_and_resumes(tmp_path, small_eval_sets, caps
         "data.max_length=256",
         f"guard.prompts={guard}",
         "guard.max_new_tokens=16",
-        "guard.ratio=0.05",
     ]
     assert main(args) == 0
     assert alive_at_export == [False]
